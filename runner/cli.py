@@ -1,0 +1,167 @@
+"""Command line: argparse subcommands; maps exceptions to the documented exit codes.
+
+Invariants:
+- Every option of ``config.OPTIONS`` is accepted by every subcommand, as a flag or as its
+  ``RUNNER_*`` variable.
+- SIGTERM and SIGINT (and ``--deadline``, via SIGALRM) raise ``Interrupted`` once; psycopg
+  then cancels the running statement on the server, the migration rolls back, its failure
+  row is written, the lock is released, and the process exits 143 or 130.
+- Every run ends with one ``run_finished`` event carrying its ``exit_code``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import getpass
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from types import FrameType
+
+from runner import __version__, config, migrate, observe
+from runner.errors import ExitCode, Interrupted, RunnerError
+
+COMMANDS = {
+    "migrate": "apply pending migrations under the advisory lock (the default job)",
+    "status": "show applied / pending / failed / changed / unknown migrations",
+    "validate": "check files and ordering (and checksums when a database is given); changes nothing",
+    "new": "write the next-numbered migration file from the template",
+    "baseline": "mark 001..VERSION applied without running them (adopt a hand-migrated database)",
+    "repair": "accept changed checksums and clear failed rows, each logged",
+    "wait": "wait until every migration in the directory is applied (init containers)",
+}
+EPILOG = """exit codes: 0 done or nothing to do, 1 a migration failed, 2 usage or configuration error,
+3 validation failed, 4 lock not acquired in time, 5 database unreachable or unusable,
+6 wait timed out, 130/143 interrupted by SIGINT/SIGTERM (or --deadline)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="migration-runner", epilog=EPILOG,
+        description="Apply NNN_description.sql migrations to PostgreSQL, in order, exactly once, "
+                    "under an advisory lock, each in its own transaction with its history row.",
+    )
+    parser.add_argument("--version", action="version", version=f"migration-runner {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, help_text in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG)
+        for option in config.OPTIONS:
+            variables = ", ".join(option.env)
+            default = f"; default {option.default}" if option.default else ""
+            if option.flag_only_value:
+                command.add_argument(f"--{option.name}", action="store_true", default=None,
+                                     help=f"{option.help} [{variables}]")
+            else:
+                command.add_argument(f"--{option.name}", help=f"{option.help} [{variables}{default}]")
+        if name == "status":
+            command.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        if name == "new":
+            command.add_argument("name", help="description in lower_snake_case")
+        if name == "baseline":
+            command.add_argument("baseline_version", metavar="VERSION", type=int, help="last version to mark")
+    return parser
+
+
+def install_signal_handlers(deadline: float) -> None:
+    """Raise ``Interrupted`` on the first SIGTERM/SIGINT/deadline; ignore later ones."""
+    fired = False
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        nonlocal fired
+        if fired:
+            return
+        fired = True
+        if signum == signal.SIGALRM:
+            raise Interrupted(f"deadline of {deadline:g}s reached", ExitCode.SIGTERM)
+        raise Interrupted(signal.Signals(signum).name, ExitCode(128 + signum))
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM):
+        signal.signal(signum, handler)
+    if deadline > 0:
+        signal.setitimer(signal.ITIMER_REAL, deadline)
+
+
+def print_status(report: dict[str, object], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    rows = report["migrations"]
+    assert isinstance(rows, list)
+    print(f"{'VERSION':<8} {'STATE':<8} MIGRATION")
+    for row in rows:
+        print(f"{row['version'] or '-':<8} {row['state']:<8} {row['migration']}"
+              + (f"  ({row['error']})" if row["error"] else ""))
+    print(", ".join(f"{count} {state}" for state, count in report["counts"].items()))  # type: ignore[attr-defined]
+
+
+def run(settings: config.Settings, args: argparse.Namespace, fields: dict[str, object]) -> None:
+    """Run one command; raises ``RunnerError`` or ``Interrupted`` on failure."""
+    command = settings.command
+    if command not in {"validate", "new"}:
+        config.require_database(settings)
+    if command == "migrate":
+        summary = migrate.Summary()
+        try:
+            migrate.migrate(settings, summary)
+        finally:
+            fields.update(applied=len(summary.applied), pending=summary.pending,
+                          lock_wait_ms=round(summary.lock_wait_s * 1000))
+    elif command == "status":
+        print_status(migrate.status(settings), args.json)
+    elif command == "validate":
+        has_database = settings.database_url is not None or bool(os.environ.get("PGHOST"))
+        found = migrate.validate(settings, with_database=has_database)
+        observe.logger().info("validated", migrations=len(found), checked_history=has_database)
+    elif command == "new":
+        today = datetime.datetime.now(datetime.UTC).date().isoformat()
+        path = migrate.new_file(settings, args.name, os.environ.get("GIT_AUTHOR_NAME") or getpass.getuser(), today)
+        print(path)
+    elif command == "baseline":
+        migrate.baseline(settings, args.baseline_version)
+    elif command == "repair":
+        migrate.repair(settings)
+    elif command == "wait":
+        migrate.wait(settings)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = args.command or "migrate"
+    started = time.monotonic()
+    try:
+        settings = config.load(command, vars(args))
+    except RunnerError as exc:
+        print(f"migration-runner: {config.redact(str(exc))}", file=sys.stderr)
+        return int(exc.exit_code)
+    report_on_stdout = command == "status" and args.json
+    observe.configure(fmt=settings.log_format, level=settings.log_level,
+                      scrub=lambda text: config.redact(text, settings.secrets),
+                      stream=sys.stderr if report_on_stdout else sys.stdout)
+    log = observe.logger()
+    install_signal_handlers(settings.deadline)
+    fields: dict[str, object] = {}
+    exit_code = ExitCode.OK
+    try:
+        log.info("run_started", command=command, runner_version=__version__,
+                 migrations_dir=str(settings.migrations_dir))
+        run(settings, args, fields)
+    except Interrupted as exc:
+        exit_code = exc.exit_code
+        log.error("migration_aborted", reason=exc.reason)
+    except RunnerError as exc:
+        exit_code = exc.exit_code
+        detail = {"sqlstate": getattr(exc, "sqlstate", None), "line": getattr(exc, "line", None),
+                  "migration": getattr(exc, "migration", None)}
+        log.error("run_failed", error=str(exc), error_type=type(exc).__name__,
+                  **{key: value for key, value in detail.items() if value is not None})
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_IGN)
+    log.info("run_finished", command=command, exit_code=int(exit_code),
+             duration_ms=round((time.monotonic() - started) * 1000), **fields)
+    return int(exit_code)

@@ -1,0 +1,212 @@
+"""Migration files -> ``Migration`` values; statement analysis with PostgreSQL's own parser.
+
+Invariants:
+- A migration is a regular file directly in the directory named ``NNN_[a-z0-9_]+.sql``;
+  versions start at 001 and are contiguous. Other files, dot files and sub-directories are
+  ignored; any other ``*.sql`` name is an error.
+- Files are UTF-8 (a byte-order mark is dropped), hold no NUL byte, are at most
+  ``MAX_FILE_BYTES``, and resolve inside the directory (no symlink escapes).
+- ``checksum`` is SHA-256 of the text with CRLF normalised to LF and no BOM.
+- ``discover`` reads and checksums every file but parses none; ``analyse`` parses one file
+  (only pending files need it) and rejects transaction control and psql meta-commands.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner.errors import ConfigError, ValidationError
+
+MIGRATION_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
+DIRECTIVE_LINE = re.compile(r"^--\s*runner:(.*)$", re.MULTILINE)
+PG_DURATION = re.compile(r"^\d+(ms|s|min|h|d)?$")
+MAX_FILE_BYTES = 10 * 1024 * 1024
+BOM = b"\xef\xbb\xbf"
+
+# Statements PostgreSQL refuses inside a transaction block (checked against pglast's nodes).
+NON_TRANSACTIONAL_NODES = {
+    "AlterSystemStmt", "CreatedbStmt", "DropdbStmt", "CreateTableSpaceStmt",
+    "DropTableSpaceStmt",
+}
+
+
+@dataclass(frozen=True)
+class Directives:
+    """``-- runner: ...`` header settings of one file."""
+
+    no_transaction: bool = False
+    lock_timeout: str | None = None
+    statement_timeout: str | None = None
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One file, read and checksummed but not parsed."""
+
+    version: int
+    name: str
+    path: Path
+    sql: str
+    checksum: str
+    directives: Directives
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One top-level statement: its text and the 1-based line it starts on."""
+
+    text: str
+    line: int
+    transactional: bool
+    concurrent_index: str | None = None  # name built by CREATE INDEX CONCURRENTLY
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """A parsed migration: its statements, and whether it runs in one transaction."""
+
+    statements: tuple[Statement, ...]
+    transactional: bool
+
+
+def line_of(text: str, offset: int) -> int:
+    return text.count("\n", 0, offset) + 1
+
+
+def parse_directives(name: str, sql: str) -> tuple[Directives, list[str]]:
+    """The file's directives, and a problem for each unknown or malformed one."""
+    values: dict[str, str | bool] = {}
+    problems: list[str] = []
+    for match in DIRECTIVE_LINE.finditer(sql):
+        line = line_of(sql, match.start())
+        for word in match.group(1).split():
+            key, _, value = word.partition("=")
+            if key == "no-transaction" and not value:
+                values["no_transaction"] = True
+            elif key in {"lock-timeout", "statement-timeout"} and PG_DURATION.match(value):
+                values[key.replace("-", "_")] = value
+            elif key in {"lock-timeout", "statement-timeout"}:
+                problems.append(f"{name}:{line}: directive {key}={value!r} needs a duration like 2s or 30min")
+            else:
+                problems.append(f"{name}:{line}: unknown directive {word!r} "
+                                "(known: no-transaction, lock-timeout=, statement-timeout=)")
+    return Directives(**values), problems  # type: ignore[arg-type]
+
+
+def read_migration(directory: Path, path: Path, version: int) -> tuple[Migration | None, list[str]]:
+    name = path.name
+    if not path.resolve().is_relative_to(directory.resolve()):
+        return None, [f"{name}: resolves outside the migrations directory ({path.resolve()})"]
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            return None, [f"{name}: {path.stat().st_size} bytes is over the {MAX_FILE_BYTES}-byte limit"]
+        raw = path.read_bytes()
+    except OSError as exc:
+        return None, [f"{name}: cannot read: {exc.strerror}"]
+    skipped = len(BOM) if raw.startswith(BOM) else 0
+    raw = raw[skipped:]
+    if b"\x00" in raw:
+        offset = raw.index(b"\x00") + skipped
+        return None, [f"{name}: NUL byte at byte offset {offset}: not a text file"]
+    try:
+        text = raw.decode("utf-8").replace("\r\n", "\n")
+    except UnicodeDecodeError as exc:
+        return None, [f"{name}: not valid UTF-8 at byte offset {exc.start + skipped}"]
+    if not text.strip():
+        return None, [f"{name}: file is empty"]
+    directives, problems = parse_directives(name, text)
+    checksum = hashlib.sha256(text.encode()).hexdigest()
+    return Migration(version, name, path, text, checksum, directives), problems
+
+
+def discover(directory: Path) -> list[Migration]:
+    """Every migration in ``directory``, in version order; raises on any rule broken."""
+    try:
+        entries = sorted(directory.iterdir())
+    except FileNotFoundError:
+        raise ConfigError(f"migrations directory {directory} does not exist") from None
+    except NotADirectoryError:
+        raise ConfigError(f"migrations directory {directory} is not a directory") from None
+    except OSError as exc:
+        raise ConfigError(f"migrations directory {directory}: cannot list: {exc.strerror}") from None
+    problems: list[str] = []
+    by_version: dict[int, list[Path]] = {}
+    for path in entries:
+        if path.name.startswith(".") or (path.is_dir() and not path.is_symlink()):
+            continue
+        match = MIGRATION_NAME.match(path.name)
+        if match:
+            by_version.setdefault(int(match.group(1)), []).append(path)
+        elif path.suffix.lower() == ".sql":
+            problems.append(f"{path.name}: name must match NNN_description.sql "
+                            "(three digits, lower-case letters, digits, underscores)")
+    migrations: list[Migration] = []
+    for version in sorted(by_version):
+        paths = by_version[version]
+        if len(paths) > 1:
+            problems.append(f"duplicate version {version:03d}: " + ", ".join(p.name for p in paths))
+            continue
+        migration, file_problems = read_migration(directory, paths[0], version)
+        problems += file_problems
+        if migration:
+            migrations.append(migration)
+    expected = 1
+    for version in sorted(by_version):
+        if version != expected:
+            problems.append(f"gap in versions: {expected:03d} is missing before {by_version[version][0].name}")
+        expected = version + 1
+    if problems:
+        raise ValidationError(problems)
+    return migrations
+
+
+def _non_transactional(node: object) -> bool:
+    kind = type(node).__name__
+    if kind in NON_TRANSACTIONAL_NODES:
+        return True
+    if kind in {"IndexStmt", "DropStmt"}:
+        return bool(getattr(node, "concurrent", False))
+    if kind == "VacuumStmt":
+        return bool(getattr(node, "is_vacuumcmd", False))
+    if kind == "ReindexStmt":
+        return any(getattr(p, "defname", None) == "concurrently" for p in getattr(node, "params", None) or ())
+    return False
+
+
+def analyse(migration: Migration) -> Analysis:
+    """Parse one migration; raises ``ValidationError`` naming file and line on any problem."""
+    import pglast  # noqa: PLC0415 - the parser loads only when a file needs parsing
+    from pglast.parser import ParseError  # noqa: PLC0415
+
+    sql, name = migration.sql, migration.name
+    try:
+        raw_statements = pglast.parse_sql(sql)
+    except ParseError as exc:
+        message, offset = exc.args[0], exc.args[1]
+        line = line_of(sql, offset)
+        if sql.splitlines()[line - 1].lstrip().startswith("\\"):
+            message = "psql meta-command: the runner sends SQL only (no \\i, \\set, \\c ...)"
+        raise ValidationError([f"{name}:{line}: {message}"]) from None
+    statements: list[Statement] = []
+    problems: list[str] = []
+    for raw in raw_statements:
+        start = raw.stmt_location or 0
+        text = (sql[start:start + raw.stmt_len] if raw.stmt_len else sql[start:]).strip()
+        line = line_of(sql, start)
+        node = raw.stmt
+        if type(node).__name__ == "TransactionStmt":
+            problems.append(f"{name}:{line}: transaction control ({text.split()[0].upper()}) is not "
+                            "allowed: the runner wraps each migration in its own transaction")
+            continue
+        is_cic = type(node).__name__ == "IndexStmt" and bool(getattr(node, "concurrent", False))
+        statements.append(Statement(text, line, not _non_transactional(node),
+                                    getattr(node, "idxname", None) if is_cic else None))
+    if not statements and not problems:
+        problems.append(f"{name}: has no SQL statement (only comments)")
+    if problems:
+        raise ValidationError(problems)
+    transactional = not migration.directives.no_transaction and all(s.transactional for s in statements)
+    return Analysis(tuple(statements), transactional)

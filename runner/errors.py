@@ -1,0 +1,96 @@
+"""The exception tree and the exit-code table. A leaf: imports nothing from ``runner``.
+
+Invariant: every error the runner raises on purpose is a ``RunnerError`` whose class fixes
+its exit code; messages never contain a password (callers pass redacted text).
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """The documented exit codes (README: "Exit codes")."""
+
+    OK = 0
+    MIGRATION_FAILED = 1
+    USAGE = 2
+    VALIDATION = 3
+    LOCK_TIMEOUT = 4
+    DATABASE = 5
+    WAIT_TIMEOUT = 6
+    SIGINT = 130
+    SIGTERM = 143
+
+
+class RunnerError(Exception):
+    """Base of every error the runner reports; ``exit_code`` says how the process ends."""
+
+    exit_code: ExitCode = ExitCode.MIGRATION_FAILED
+
+
+class ConfigError(RunnerError):
+    """A flag, variable or secret file is missing or malformed."""
+
+    exit_code = ExitCode.USAGE
+
+
+class ValidationError(RunnerError):
+    """Migration files or their recorded history break a rule; nothing was applied."""
+
+    exit_code = ExitCode.VALIDATION
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = tuple(problems)
+
+
+class LockTimeout(RunnerError):
+    """The advisory lock was not acquired before the deadline."""
+
+    exit_code = ExitCode.LOCK_TIMEOUT
+
+
+class DatabaseUnavailable(RunnerError):
+    """The server cannot be reached or used (auth, missing database, privileges, read-only)."""
+
+    exit_code = ExitCode.DATABASE
+
+
+class WaitTimeout(RunnerError):
+    """``wait`` gave up before every known migration was applied."""
+
+    exit_code = ExitCode.WAIT_TIMEOUT
+
+
+class MigrationFailed(RunnerError):
+    """One migration failed and was rolled back; ``applied`` lists what this run committed."""
+
+    def __init__(
+        self, migration: str, message: str, *, sqlstate: str | None, line: int | None,
+        applied: tuple[str, ...] = (),
+    ) -> None:
+        where = f" (line {line})" if line is not None else ""
+        super().__init__(f"{migration}{where}: {message}")
+        self.migration = migration
+        self.message = message
+        self.sqlstate = sqlstate
+        self.line = line
+        self.applied = applied
+
+
+class DdlLockTimeout(MigrationFailed):
+    """A statement waited longer than ``lock_timeout`` (SQLSTATE 55P03); worth a retry."""
+
+
+class Interrupted(SystemExit):
+    """SIGINT, SIGTERM or the run's own deadline.
+
+    A ``SystemExit`` on purpose: psycopg cancels the running query on the server when a
+    ``SystemExit`` or ``KeyboardInterrupt`` interrupts a wait.
+    """
+
+    def __init__(self, reason: str, exit_code: ExitCode) -> None:
+        super().__init__(int(exit_code))
+        self.reason = reason
+        self.exit_code = exit_code
