@@ -45,7 +45,6 @@ from runner.observe import bind, logger
 from runner.plan import Plan, make_plan
 
 Conn = psycopg.Connection[tuple[Any, ...]]
-NO_RETRY_SQLSTATE_CLASSES = ("28", "3D")  # bad credentials, no such database: retrying won't help
 SESSION_SETTINGS = "SET client_connection_check_interval = '2s'"
 RETRY_BACKOFF_CAP = 30.0
 
@@ -65,7 +64,11 @@ def table_of(settings: Settings) -> history.Table:
 
 
 def connect(settings: Settings) -> Conn:
-    """A connection in autocommit mode, retried with backoff until ``--connect-timeout``."""
+    """A connection in autocommit mode, retried with backoff until ``--connect-timeout``.
+
+    Every connection failure is retried: libpq reports start-up errors without a SQLSTATE,
+    so "starting up" cannot be told from "wrong password" without reading message text.
+    """
     deadline = time.monotonic() + settings.connect_timeout
     delay = 0.25
     while True:
@@ -82,7 +85,7 @@ def connect(settings: Settings) -> Conn:
             raise ConfigError(f"invalid database URL: {redact(str(exc), settings.secrets)}") from None
         except psycopg.OperationalError as exc:
             message = redact(str(exc).strip(), settings.secrets)
-            if (exc.sqlstate or "").startswith(NO_RETRY_SQLSTATE_CLASSES) or remaining <= delay:
+            if remaining <= delay:
                 raise DatabaseUnavailable(f"cannot connect: {message}") from None
             logger().warning("connect_retry", error=message, retry_in_s=delay)
             time.sleep(delay)
