@@ -64,7 +64,7 @@ def test_passfile_and_pgpassword_are_secrets(tmp_path: Path) -> None:
     "host=db password=hunter2-pw user=u",
     "host=db password='hunter2-pw' user=u",
     "postgresql://host/db?password=hunter2-pw",
-    "failed: missing \"=\" after \"hunter2-pw\" in connection info string",
+    'failed: missing "=" after "hunter2-pw" in connection info string',
 ])
 def test_redact_removes_password(text: str) -> None:
     """URL userinfo, password= pairs and known secrets are all removed."""

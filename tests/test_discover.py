@@ -21,10 +21,14 @@ def write(directory: Path, name: str, content: str | bytes) -> Path:
     return path
 
 
+def discover_and_analyse(directory: Path) -> None:
+    for migration in discover(directory):
+        analyse(migration)
+
+
 def problems(directory: Path) -> str:
     with pytest.raises(ValidationError) as info:
-        for migration in discover(directory):
-            analyse(migration)
+        discover_and_analyse(directory)
     return "; ".join(info.value.problems)
 
 

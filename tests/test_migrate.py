@@ -51,7 +51,8 @@ def test_failed_migration_leaves_nothing_and_is_retried(db: Database) -> None:
     assert db.query("SELECT to_regclass('half'), to_regclass('half_i')") == [(None, None)]
     (name, success, _checksum, error), = [row for row in db.history() if row[0] == "002_bad.sql"]
     assert (name, success) == ("002_bad.sql", False)
-    assert "SQLSTATE 23505" in error and "(line 4)" in error
+    assert "SQLSTATE 23505" in error
+    assert "(line 4)" in error
     failed = result.one("migration_failed")
     assert (failed["sqlstate"], failed["line"]) == ("23505", 4)
     db.write("002_bad.sql", "CREATE TABLE half (id int);\nCREATE INDEX half_i ON half (id);\n\nINSERT INTO a VALUES (1), (2);\n")
@@ -322,7 +323,8 @@ def test_lock_timeout_is_exit_4_and_names_the_holder(db: Database) -> None:
         result = db.run("migrate", "--lock-wait-timeout", "1.5s")
     assert result.code == 4
     waiting = result.named("lock_waiting")
-    assert waiting and waiting[0]["holders"][0]["application_name"] == "stuck-holder"
+    assert waiting
+    assert waiting[0]["holders"][0]["application_name"] == "stuck-holder"
     assert "stuck-holder" in result.one("run_failed")["error"]
     assert db.query("SELECT to_regclass('a')") == [(None,)]
 
@@ -372,7 +374,8 @@ def test_sigterm_cancels_rolls_back_and_releases(db: Database) -> None:
     assert db.query("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%%' AND datname = %s", [db.name]) == [(0,)]
     assert db.query("SELECT to_regclass('never')") == [(None,)]
     (_name, success, _c, error), = db.history()
-    assert success is False and "SIGTERM" in error
+    assert success is False
+    assert "SIGTERM" in error
 
 
 def test_sigkill_frees_the_lock_and_next_run_succeeds(db: Database) -> None:
@@ -413,7 +416,7 @@ def test_python_dash_m_and_console_script_agree(db: Database) -> None:
     assert out.stdout.strip() == "migration-runner 0.1.0"
 
 
-@pytest.mark.parametrize("name", ["x\"; DROP TABLE t; --", "Upper.Case", "a.b.c", ""])
+@pytest.mark.parametrize("name", ['x"; DROP TABLE t; --', "Upper.Case", "a.b.c", ""])
 def test_hostile_history_table_names_are_refused(db: Database, name: str) -> None:
     """History table names that are not plain identifiers are a usage error; nothing is created."""
     db.write("001_a.sql", CREATE_A)
