@@ -98,18 +98,13 @@ def print_status(report: dict[str, object], as_json: bool) -> None:
     print(", ".join(f"{count} {state}" for state, count in report["counts"].items()))  # type: ignore[attr-defined]
 
 
-def run(settings: config.Settings, args: argparse.Namespace, fields: dict[str, object]) -> None:
+def run(settings: config.Settings, args: argparse.Namespace) -> None:
     """Run one command; raises ``RunnerError`` or ``Interrupted`` on failure."""
     command = settings.command
     if command not in {"validate", "new"}:
         config.require_database(settings)
     if command == "migrate":
-        summary = migrate.Summary()
-        try:
-            migrate.migrate(settings, summary)
-        finally:
-            fields.update(applied=len(summary.applied), pending=summary.pending,
-                          lock_wait_ms=round(summary.lock_wait_s * 1000))
+        migrate.migrate(settings)
     elif command == "status":
         print_status(migrate.status(settings), args.json)
     elif command == "validate":
@@ -141,14 +136,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     observe.configure(fmt=settings.log_format, level=settings.log_level,
                       scrub=lambda text: config.redact(text, settings.secrets),
                       stream=sys.stderr if report_on_stdout else sys.stdout)
+    observe.bind(database=settings.database_label)
     log = observe.logger()
     install_signal_handlers(settings.deadline)
-    fields: dict[str, object] = {}
     exit_code = ExitCode.OK
     try:
         log.info("run_started", command=command, runner_version=__version__,
                  migrations_dir=str(settings.migrations_dir))
-        run(settings, args, fields)
+        if command == "migrate":
+            configure_metrics(settings)
+        run(settings, args)
     except Interrupted as exc:
         exit_code = exc.exit_code
         log.error("migration_aborted", reason=exc.reason)
@@ -162,6 +159,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.setitimer(signal.ITIMER_REAL, 0)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, signal.SIG_IGN)
-    log.info("run_finished", command=command, exit_code=int(exit_code),
-             duration_ms=round((time.monotonic() - started) * 1000), **fields)
+    duration_s = time.monotonic() - started
+    fields = {}
+    if command == "migrate":
+        run_metrics = observe.RUN
+        fields = {"applied": run_metrics.applied, "pending": run_metrics.pending,
+                  "lock_wait_ms": round(run_metrics.lock_wait_s * 1000)}
+    log.info("run_finished", command=command, exit_code=int(exit_code), duration_ms=round(duration_s * 1000), **fields)
+    if command == "migrate":
+        observe.finish(exit_code=int(exit_code), run_duration_s=duration_s)
     return int(exit_code)
+
+
+def configure_metrics(settings: config.Settings) -> None:
+    """Point ``observe`` at this run's job, database and delivery targets."""
+    observe.RUN.runner_version = __version__
+    observe.RUN.job = settings.metrics_job
+    observe.RUN.database = settings.database_label
+    observe.DELIVERY = observe.Delivery(
+        pushgateway_url=settings.pushgateway_url, metrics_port=settings.metrics_port,
+        metrics_linger_s=settings.metrics_linger, metrics_file=settings.metrics_file,
+    )
+    observe.serve()

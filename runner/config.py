@@ -60,6 +60,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("strict", ("RUNNER_STRICT",), "false",
            "treat applied migrations with no file as an error (exit 3)", flag_only_value=True),
     Option("wait-timeout", ("RUNNER_WAIT_TIMEOUT",), "600s", "wait: give up after this long (exit 6)"),
+    Option("pushgateway-url", ("RUNNER_PUSHGATEWAY_URL",), None,
+           "push metrics to this Pushgateway (when the lock wait starts, and at the end)"),
+    Option("metrics-job", ("RUNNER_METRICS_JOB",), "migration-runner", "the job label of pushed metrics"),
+    Option("metrics-port", ("RUNNER_METRICS_PORT",), None, "serve /metrics on this port while the run lasts"),
+    Option("metrics-linger", ("RUNNER_METRICS_LINGER",), "0",
+           "keep serving /metrics this long after the run ends"),
+    Option("metrics-file", ("RUNNER_METRICS_FILE",), None,
+           "write metrics in the textfile-collector format to this path (atomically)"),
     Option("log-format", ("RUNNER_LOG_FORMAT",), None,
            "json or console; default: json unless stdout is a terminal"),
     Option("log-level", ("RUNNER_LOG_LEVEL",), "info", "debug, info, warning or error"),
@@ -70,6 +78,10 @@ DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "sec": 1.0, "m": 60.0, "min"
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 URL_USERINFO = re.compile(r"(://[^:/?#@\s]*:)[^@\s]*@")
 PASSWORD_PAIR = re.compile(r"""(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&'"]+)""", re.IGNORECASE)
+KEY_VALUE = re.compile(r"""(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)""")
+# In a key=value string a password runs to the next "key=": libpq echoes stray words of an
+# unquoted password with spaces in its parse errors, so every word of it is a secret.
+LOOSE_PASSWORD = re.compile(r"""password\s*=\s*('(?:[^'\\]|\\.)*'|.*?)(?=\s+[A-Za-z_]+\s*=|\s*$)""", re.IGNORECASE)
 MIN_SECRET_LENGTH = 4  # shorter secrets would mangle ordinary words; the patterns still apply
 
 
@@ -92,9 +104,15 @@ class Settings:
     target: int | None
     strict: bool
     wait_timeout: float
+    pushgateway_url: str | None
+    metrics_job: str
+    metrics_port: int | None
+    metrics_linger: float
+    metrics_file: str | None
     log_format: str | None
     log_level: str
     application_name: str
+    database_label: str
     secrets: frozenset[str] = field(repr=False)
 
 
@@ -144,8 +162,10 @@ def url_secrets(url: str) -> set[str]:
             found.update(parse_qs(parts.query).get("password", []))
         except ValueError:
             pass
-    for match in PASSWORD_PAIR.finditer(url):
-        found.add(match.group(2).strip("'"))
+    else:
+        for match in LOOSE_PASSWORD.finditer(url):
+            password = match.group(1).strip("'")
+            found.update({password, *password.split()})
     return found
 
 
@@ -168,6 +188,23 @@ def redact(text: str, secrets: frozenset[str] | set[str] = frozenset()) -> str:
         if len(secret) >= MIN_SECRET_LENGTH:
             text = text.replace(secret, "***").replace(quote(secret, safe=""), "***")
     return text
+
+
+def database_label(url: str | None, environ: Mapping[str, str]) -> str:
+    """The database name as libpq would pick it (URL, PGDATABASE, user), for logs and metrics."""
+    name = user = None
+    if url and "://" in url:
+        try:
+            parts = urlsplit(url)
+            name = unquote(parts.path.lstrip("/")) or parse_qs(parts.query).get("dbname", [None])[0]
+            user = parts.username
+        except ValueError:
+            pass
+    elif url:
+        pairs = dict(KEY_VALUE.findall(url))
+        name, user = pairs.get("dbname"), pairs.get("user")
+    found = name or environ.get("PGDATABASE") or user or environ.get("PGUSER")
+    return redact(found.strip("'")) if found else "unknown"
 
 
 def application_name(environ: Mapping[str, str]) -> str:
@@ -237,9 +274,15 @@ def load(command: str, flags: Mapping[str, object], environ: Mapping[str, str] |
         target=parse_int("target", raw["target"]) if raw["target"] else None,
         strict=parse_bool("strict", raw["strict"] or ""),
         wait_timeout=duration("wait-timeout"),
+        pushgateway_url=raw["pushgateway-url"],
+        metrics_job=raw["metrics-job"] or "migration-runner",
+        metrics_port=parse_int("metrics-port", raw["metrics-port"]) if raw["metrics-port"] else None,
+        metrics_linger=duration("metrics-linger"),
+        metrics_file=raw["metrics-file"],
         log_format=log_format,
         log_level=log_level,
         application_name=application_name(env),
+        database_label=database_label(database_url, env),
         secrets=frozenset(secrets),
     )
 

@@ -22,13 +22,12 @@ import random
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from runner import __version__, execute, history
+from runner import __version__, execute, history, observe
 from runner.config import Settings, redact
 from runner.discover import Analysis, Migration, analyse, discover
 from runner.errors import (
@@ -47,16 +46,6 @@ from runner.plan import Plan, make_plan
 Conn = psycopg.Connection[tuple[Any, ...]]
 SESSION_SETTINGS = "SET client_connection_check_interval = '2s'"
 RETRY_BACKOFF_CAP = 30.0
-
-
-@dataclass
-class Summary:
-    """What a ``migrate`` run did, for ``run_finished`` and the metrics."""
-
-    applied: list[str] = field(default_factory=list)
-    pending: int = 0
-    lock_wait_s: float = 0.0
-    durations_ms: dict[str, int] = field(default_factory=dict)
 
 
 def table_of(settings: Settings) -> history.Table:
@@ -192,7 +181,7 @@ def apply_one(conn: Conn, lock_conn: Conn, migration: Migration, analysis: Analy
 
 
 @contextmanager
-def locked_session(settings: Settings, summary: Summary | None = None) -> Iterator[tuple[Conn, Conn]]:
+def locked_session(settings: Settings) -> Iterator[tuple[Conn, Conn]]:
     """(work connection, lock connection) with the advisory lock held for the block."""
     table = table_of(settings)
     with connect(settings) as lock_conn:
@@ -201,10 +190,9 @@ def locked_session(settings: Settings, summary: Summary | None = None) -> Iterat
         if key is None:
             key = derive_key(lock_conn.info.dbname, table.qualified)
         with database_errors("advisory lock", settings), advisory_lock(
-            lock_conn, key, settings.lock_wait_timeout,
+            lock_conn, key, settings.lock_wait_timeout, on_wait=observe.lock_wait_started,
         ) as waited, connect(settings) as conn:
-            if summary is not None:
-                summary.lock_wait_s = waited
+            observe.lock_acquired(waited)
             with database_errors(f"history table {table.qualified}", settings):
                 if history.ensure(conn, table):
                     logger().info("history_table_ready", table=table.qualified)
@@ -220,26 +208,32 @@ def adopt(conn: Conn, plan: Plan, settings: Settings) -> None:
                           note="recorded without a checksum (seed-format table); checksum filled in")
 
 
-def migrate(settings: Settings, summary: Summary) -> Summary:
-    """Apply pending migrations; see the module docstring. Fills and returns ``summary``."""
+def migrate(settings: Settings) -> list[str]:
+    """Apply pending migrations; see the module docstring. Returns the names applied.
+
+    Progress is recorded in ``observe.RUN`` as it happens, so an error still reports it.
+    """
     migrations = discover(settings.migrations_dir)
-    with locked_session(settings, summary) as (conn, lock_conn):
+    applied: list[str] = []
+    with locked_session(settings) as (conn, lock_conn):
         with database_errors("reading history", settings):
             plan = make_plan(migrations, history.read(conn, table_of(settings)), settings.target)
         check_plan(plan, settings)
         analyses = [analyse(m) for m in plan.pending]
         adopt(conn, plan, settings)
-        summary.pending = len(plan.pending)
+        observe.RUN.pending = len(plan.pending)
         logger().info("plan_ready", pending=len(plan.pending), applied=len(plan.applied),
                       failed_before=[row.name for row in plan.failed])
         for migration, analysis in zip(plan.pending, analyses, strict=True):
             try:
-                summary.durations_ms[migration.name] = apply_one(conn, lock_conn, migration, analysis, settings)
+                duration_ms = apply_one(conn, lock_conn, migration, analysis, settings)
             except MigrationFailed as exc:
-                exc.applied = tuple(summary.applied)
+                exc.applied = tuple(applied)
                 raise
-            summary.applied.append(migration.name)
-    return summary
+            applied.append(migration.name)
+            observe.RUN.applied = len(applied)
+            observe.RUN.durations_s[f"{migration.version:03d}"] = duration_ms / 1000
+    return applied
 
 
 def plan_only(settings: Settings) -> tuple[list[Migration], Plan]:

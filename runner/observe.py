@@ -1,4 +1,4 @@
-"""Structured logging (structlog). A leaf: imports nothing from ``runner``.
+"""Structured logging (structlog) and Prometheus metrics. A leaf: imports nothing from ``runner``.
 
 Invariants:
 - One event per line on stdout: JSON unless stdout is a terminal (or as configured), with an
@@ -6,13 +6,19 @@ Invariants:
   ``run_id``; ``bind`` adds fields (``database``) to every later line.
 - The ``scrub`` callable given to ``configure`` is applied to every string value, nested or
   not, before rendering: no password reaches a log line.
+- Metrics describe one run (``RUN``) and are delivered by ``push`` (push-add to a Pushgateway,
+  grouping key ``job`` and ``database``, no instance label), ``serve`` and ``finish``. A failed
+  delivery is logged and never changes the exit code; pushes time out after a few seconds.
+- prometheus_client is imported only when metrics are delivered (start-up cost).
 """
 
 from __future__ import annotations
 
 import sys
+import time
 import uuid
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import structlog
@@ -72,3 +78,159 @@ def bind(**fields: object) -> None:
 
 def logger() -> Any:
     return structlog.get_logger()
+
+
+@dataclass
+class RunMetrics:
+    """The Prometheus view of one run (one per process). Timestamps, not ages.
+
+    ``families(only)`` renders the current state; a value that is not known yet (the outcome
+    before the end, a success time after a failure) is left out rather than exported as 0, so
+    a push-add can never overwrite the last success time with a failure.
+    """
+
+    job: str = "migration-runner"
+    database: str = "unknown"
+    runner_version: str = "unknown"
+    lock_wait_started: float = 0.0
+    lock_wait_s: float = 0.0
+    applied: int = 0
+    pending: int | None = None
+    durations_s: dict[str, float] = field(default_factory=dict)
+    finished_at: float | None = None
+    succeeded: bool | None = None
+    run_duration_s: float | None = None
+    exit_code: int | None = None
+
+    def families(self, only: frozenset[str] | None = None) -> list[Any]:
+        from prometheus_client.core import GaugeMetricFamily  # noqa: PLC0415 - loaded only to export
+
+        values: dict[str, float | None] = {
+            "last_success_timestamp_seconds": self.finished_at if self.succeeded else None,
+            "last_failure_timestamp_seconds": self.finished_at if self.succeeded is False else None,
+            "last_run_duration_seconds": self.run_duration_s,
+            "lock_wait_seconds": self.lock_wait_s,
+            "lock_wait_started_timestamp_seconds": self.lock_wait_started,
+            "migrations_applied": float(self.applied),
+            "migrations_pending": None if self.pending is None else float(self.pending),
+            "last_exit_code": None if self.exit_code is None else float(self.exit_code),
+        }
+        families = []
+        for name, value in values.items():
+            if value is not None and (only is None or name in only):
+                families.append(GaugeMetricFamily(f"{PREFIX}{name}", METRIC_HELP[name], value=value))
+        if self.durations_s and (only is None or "migration_duration_seconds" in only):
+            durations = GaugeMetricFamily(f"{PREFIX}migration_duration_seconds",
+                                          METRIC_HELP["migration_duration_seconds"], labels=["version"])
+            for version, seconds in sorted(self.durations_s.items()):
+                durations.add_metric([version], seconds)
+            families.append(durations)
+        info = GaugeMetricFamily(f"{PREFIX}info", "Runner build information.", labels=["runner_version"])
+        info.add_metric([self.runner_version], 1.0)
+        families.append(info)
+        return families
+
+
+PREFIX = "migration_runner_"
+METRIC_HELP = {
+    "last_success_timestamp_seconds": "Unix time the last successful run finished.",
+    "last_failure_timestamp_seconds": "Unix time the last failed run finished.",
+    "last_run_duration_seconds": "Wall time of the last run.",
+    "lock_wait_seconds": "Seconds the last run waited for the advisory lock.",
+    "lock_wait_started_timestamp_seconds": "Unix time a runner started waiting for the lock; 0 when not waiting.",
+    "migrations_applied": "Migrations applied by the last run.",
+    "migrations_pending": "Migrations pending when the last run started.",
+    "migration_duration_seconds": "Duration of each migration applied by the last run that applied any.",
+    "last_exit_code": "Exit code of the last run.",
+}
+LOCK_WAIT_FAMILIES = frozenset({"lock_wait_started_timestamp_seconds"})
+
+
+class _Collector:
+    def __init__(self, metrics: RunMetrics, only: frozenset[str] | None) -> None:
+        self.metrics, self.only = metrics, only
+
+    def collect(self) -> Iterator[Any]:
+        yield from self.metrics.families(self.only)
+
+
+@dataclass
+class Delivery:
+    """Where metrics go: any of a Pushgateway, a scrape port, a textfile. All optional."""
+
+    pushgateway_url: str | None = None
+    push_timeout_s: float = 3.0
+    metrics_port: int | None = None
+    metrics_linger_s: float = 0.0
+    metrics_file: str | None = None
+
+
+RUN = RunMetrics()
+DELIVERY = Delivery()
+
+
+def registry(only: frozenset[str] | None = None) -> Any:
+    from prometheus_client import CollectorRegistry  # noqa: PLC0415
+
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(_Collector(RUN, only))
+    return reg
+
+
+def push(phase: str, only: frozenset[str] | None = None) -> None:
+    """Push-add the current metrics (or ``only`` those) to the Pushgateway; never raises."""
+    if not DELIVERY.pushgateway_url:
+        return
+    from prometheus_client import pushadd_to_gateway  # noqa: PLC0415
+
+    try:
+        pushadd_to_gateway(DELIVERY.pushgateway_url, job=RUN.job, grouping_key={"database": RUN.database},
+                           registry=registry(only), timeout=DELIVERY.push_timeout_s)
+    except Exception as exc:  # noqa: BLE001 - a monitoring outage must never fail a migration
+        logger().warning("metrics_push_failed", phase=phase, error=str(exc))
+
+
+def serve() -> None:
+    """Serve ``/metrics`` for the rest of the process, if a port is configured."""
+    if DELIVERY.metrics_port is not None:
+        from prometheus_client import start_http_server  # noqa: PLC0415
+
+        try:
+            start_http_server(DELIVERY.metrics_port, registry=registry())
+        except OSError as exc:
+            logger().warning("metrics_serve_failed", port=DELIVERY.metrics_port, error=str(exc))
+            return
+        logger().info("metrics_serving", port=DELIVERY.metrics_port)
+
+
+def lock_wait_started(unix_time: float) -> None:
+    """Record that this runner started waiting for the lock, and push it at once."""
+    RUN.lock_wait_started = unix_time
+    push("lock_wait", LOCK_WAIT_FAMILIES)
+
+
+def lock_acquired(waited_s: float) -> None:
+    """Record the wait; if a wait start was pushed, push that the wait is over."""
+    RUN.lock_wait_s = waited_s
+    if RUN.lock_wait_started:
+        RUN.lock_wait_started = 0.0
+        push("lock_acquired", LOCK_WAIT_FAMILIES | {"lock_wait_seconds"})
+
+
+def finish(*, exit_code: int, run_duration_s: float) -> None:
+    """Record the outcome and deliver it: push, textfile, then linger for scrapes."""
+    RUN.finished_at = time.time()
+    RUN.succeeded = exit_code == 0
+    RUN.exit_code = exit_code
+    RUN.run_duration_s = run_duration_s
+    RUN.lock_wait_started = 0.0
+    push("finished")
+    if DELIVERY.metrics_file:
+        from prometheus_client import write_to_textfile  # noqa: PLC0415
+
+        try:
+            write_to_textfile(DELIVERY.metrics_file, registry())
+        except OSError as exc:
+            logger().warning("metrics_file_failed", path=DELIVERY.metrics_file, error=str(exc))
+    if DELIVERY.metrics_port is not None and DELIVERY.metrics_linger_s > 0:
+        time.sleep(DELIVERY.metrics_linger_s)

@@ -81,3 +81,10 @@ def test_application_name_is_bounded_ascii() -> None:
     name = application_name({"HOSTNAME": "pod-é" + "x" * 100})
     assert name.startswith("migration-runner/0.1.0/pod-?")
     assert len(name) == 63
+
+
+def test_readme_lists_every_option() -> None:
+    """The README configuration table names every flag and its RUNNER_ variable."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for option in OPTIONS:
+        assert f"| `--{option.name}` | `{option.env[0]}`" in readme, option.name
