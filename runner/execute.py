@@ -28,8 +28,7 @@ from runner.errors import DatabaseUnavailable, DdlLockTimeout, MigrationFailed
 from runner.observe import logger
 
 Conn = psycopg.Connection[tuple[Any, ...]]
-CONNECTION_LOST = (pgerrors.OperationalError, pgerrors.AdminShutdown, pgerrors.CrashShutdown,
-                   pgerrors.CannotConnectNow)
+SERVER_GONE_SQLSTATES = {"57P01", "57P02", "57P03"}  # admin shutdown, crash shutdown, cannot connect now
 INVALID_INDEX_SQL = """
 SELECT format('%%I.%%I', n.nspname, c.relname) FROM pg_index i
 JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -52,11 +51,17 @@ def failure_line(statement: Statement | None, error: psycopg.Error) -> int | Non
     return statement.line - 1 + line_of(statement.text, int(position) - 1) if position else statement.line
 
 
+def connection_lost(error: psycopg.Error) -> bool:
+    """Class 08 (connection exception), a server shutting down, or no SQLSTATE at all (libpq's own)."""
+    state = error.sqlstate
+    return state is None or state.startswith("08") or state in SERVER_GONE_SQLSTATES
+
+
 def as_runner_error(migration: Migration, statement: Statement | None, error: psycopg.Error) -> Exception:
     """The runner's error for a server error raised by ``statement`` of ``migration``."""
     line = failure_line(statement, error)
     message = error.diag.message_primary or str(error).strip()
-    if isinstance(error, CONNECTION_LOST):
+    if connection_lost(error):
         return DatabaseUnavailable(f"connection lost while applying {migration.name}: {message}")
     kind = DdlLockTimeout if isinstance(error, pgerrors.LockNotAvailable) else MigrationFailed
     return kind(migration.name, message, sqlstate=error.sqlstate, line=line)
