@@ -66,9 +66,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+CLEANUP_GRACE_S = 10.0  # well inside Kubernetes' default 30 s termination grace period
+
+
 def install_signal_handlers(deadline: float) -> None:
-    """Raise ``Interrupted`` on the first SIGTERM/SIGINT/deadline; ignore later ones."""
+    """Raise ``Interrupted`` on the first SIGTERM/SIGINT/deadline; ignore later ones.
+
+    The clean-up that follows (server-side cancel, rollback, failure row, unlock) gets
+    ``CLEANUP_GRACE_S``: a connection to a black-holed peer could otherwise block it for ever.
+    """
     fired = False
+
+    def hard_exit(code: ExitCode) -> None:
+        observe.logger().error("cleanup_timeout", grace_s=CLEANUP_GRACE_S, exit_code=int(code))
+        os._exit(int(code))
 
     def handler(signum: int, _frame: FrameType | None) -> None:
         nonlocal fired
@@ -76,8 +87,12 @@ def install_signal_handlers(deadline: float) -> None:
             return
         fired = True
         if signum == signal.SIGALRM:
-            raise Interrupted(f"deadline of {deadline:g}s reached", ExitCode.SIGTERM)
-        raise Interrupted(signal.Signals(signum).name, ExitCode(128 + signum))
+            reason, code = f"deadline of {deadline:g}s reached", ExitCode.SIGTERM
+        else:
+            reason, code = signal.Signals(signum).name, ExitCode(128 + signum)
+        signal.signal(signal.SIGALRM, lambda _signum, _frame: hard_exit(code))
+        signal.setitimer(signal.ITIMER_REAL, CLEANUP_GRACE_S)
+        raise Interrupted(reason, code)
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM):
         signal.signal(signum, handler)

@@ -8,6 +8,10 @@ Invariants:
 - The backend pid must not change while the lock is held: a transaction-mode pooler would
   silently drop a session lock, so a change is a ``ConfigError``.
 - Released in ``finally``; if the connection is gone the server has released it already.
+- The work connection holds a second lock, the fence (``fence_key``), for as long as it lives.
+  A SIGKILLed runner's lock connection dies at once, but its work backend may still be
+  executing (and then committing) a pipeline it had already received; a new runner takes the
+  fence before reading the history, so it waits for such an orphan to finish first.
 """
 
 from __future__ import annotations
@@ -48,6 +52,12 @@ def derive_key(database: str, table: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+def fence_key(key: int) -> int:
+    """The work connection's lock key, derived from the session lock's key."""
+    digest = hashlib.sha256(f"migration-runner-fence:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
 def holders(conn: Conn, key: int) -> list[dict[str, object]]:
     """Sessions holding the advisory lock ``key`` in this database."""
     unsigned = key & 0xFFFFFFFFFFFFFFFF
@@ -74,8 +84,12 @@ def check_backend(conn: Conn, pid: int) -> None:
 @contextmanager
 def advisory_lock(
     conn: Conn, key: int, timeout: float, on_wait: Callable[[float], None] = lambda _started: None,
+    *, quiet: bool = False,
 ) -> Iterator[float]:
-    """Hold ``key`` for the block; yields the seconds spent waiting for it."""
+    """Hold ``key`` for the block; yields the seconds spent waiting for it.
+
+    ``quiet`` logs only waits (for the fence, which is normally free at once).
+    """
     log = logger()
     started = time.monotonic()
     last_report = started - HOLDER_LOG_INTERVAL
@@ -99,14 +113,16 @@ def advisory_lock(
                      holders=holders(conn, key))
         time.sleep(min(random.uniform(*POLL_INTERVAL), max(0.0, timeout - (now - started))))  # noqa: S311 - jitter, not crypto
     waited = time.monotonic() - started
-    log.info("lock_acquired", lock_key=key, lock_wait_ms=round(waited * 1000))
+    if not quiet or waiting:
+        log.info("lock_acquired", lock_key=key, lock_wait_ms=round(waited * 1000))
     try:
         yield waited
     finally:
         if not conn.closed and not conn.broken:
             try:
                 row = conn.execute("SELECT pg_advisory_unlock(%s), pg_backend_pid()", [key]).fetchone()
-                log.info("lock_released", lock_key=key, released=bool(row and row[0]))
+                if not quiet:
+                    log.info("lock_released", lock_key=key, released=bool(row and row[0]))
             except psycopg.Error as exc:
                 log.warning("lock_release_failed", lock_key=key, error=str(exc),
                             note="the server releases it when the session ends")

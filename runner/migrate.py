@@ -4,7 +4,8 @@
 1. Discover and checksum the files; any file problem stops the run before connecting.
 2. Connect (retrying until ``--connect-timeout``) a dedicated lock connection, and take the
    session advisory lock on it (``lock.advisory_lock``), waiting at most
-   ``--lock-wait-timeout``.
+   ``--lock-wait-timeout``. Then connect the work connection and take the fence on it
+   (``lock.fence_key``): it waits out an orphaned work backend of a killed runner.
 3. Under the lock, on a second connection: ensure the history table, read it, plan. A changed
    checksum or an out-of-order file stops the run (exit 3) before anything is applied;
    unknown applied rows warn (exit 3 with ``--strict``). Every pending file is parsed before
@@ -39,7 +40,7 @@ from runner.errors import (
     ValidationError,
     WaitTimeout,
 )
-from runner.lock import BlockerWatch, advisory_lock, derive_key
+from runner.lock import BlockerWatch, advisory_lock, derive_key, fence_key
 from runner.observe import bind, logger
 from runner.plan import Plan, make_plan
 
@@ -191,7 +192,9 @@ def locked_session(settings: Settings) -> Iterator[tuple[Conn, Conn]]:
             key = derive_key(lock_conn.info.dbname, table.qualified)
         with database_errors("advisory lock", settings), advisory_lock(
             lock_conn, key, settings.lock_wait_timeout, on_wait=observe.lock_wait_started,
-        ) as waited, connect(settings) as conn:
+        ) as waited, connect(settings) as conn, advisory_lock(
+            conn, fence_key(key), max(1.0, settings.lock_wait_timeout - waited), quiet=True,
+        ):
             observe.lock_acquired(waited)
             with database_errors(f"history table {table.qualified}", settings):
                 if history.ensure(conn, table):

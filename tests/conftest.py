@@ -22,6 +22,16 @@ import pytest
 from tests.pgcluster import Cluster
 
 PG_MAJOR = int(os.environ.get("RUNNER_TEST_PG", "18"))
+OUTPUTS: list[str] = []  # everything every runner process printed, scanned for the password
+
+
+class RecordedPopen(subprocess.Popen[str]):
+    """A runner process whose output is kept for the session-wide secret scan."""
+
+    def communicate(self, input: str | None = None, timeout: float | None = None) -> tuple[str, str]:  # noqa: A002
+        out, err = super().communicate(input, timeout)
+        OUTPUTS.append((out or "") + (err or ""))
+        return out, err
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +46,9 @@ def pg() -> Iterator[Cluster]:
         pytest.exit(f"PostgreSQL {PG_MAJOR} test server unavailable: {exc}", returncode=3)
     yield cluster
     cluster.stop()
+    leaks = [text for text in OUTPUTS if cluster.password in text]
+    assert OUTPUTS, "no runner output was recorded"
+    assert leaks == [], f"the server password appeared in {len(leaks)} runner outputs"
 
 
 @dataclass
@@ -96,13 +109,20 @@ class Database:
         return {**base, "DATABASE_URL": self.url, "MIGRATIONS_DIR": str(self.migrations),
                 "RUNNER_LOG_FORMAT": "json", **extra}
 
+    @staticmethod
+    def command() -> list[str]:
+        return [sys.executable, "-m", "runner"]
+
     def popen(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-        return subprocess.Popen([sys.executable, "-m", "runner", *args], env=env or self.env(),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return RecordedPopen([*self.command(), *args], env=env or self.env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def run(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> Result:
-        proc = subprocess.run([sys.executable, "-m", "runner", *args], env=env or self.env(),
-                              capture_output=True, text=True, timeout=timeout)
+        return self.run_argv([*self.command(), *args], env=env, timeout=timeout)
+
+    def run_argv(self, argv: list[str], env: dict[str, str] | None = None, timeout: float = 120) -> Result:
+        proc = subprocess.run(argv, env=env or self.env(), capture_output=True, text=True, timeout=timeout)
+        OUTPUTS.append(proc.stdout + proc.stderr)
         return Result(proc.returncode, proc.stdout, proc.stderr, parse_events(proc.stdout + proc.stderr))
 
     def history(self) -> list[tuple[Any, ...]]:
