@@ -3,7 +3,6 @@ the file or setting, and nothing applied."""
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
