@@ -74,13 +74,13 @@ def rollback(conn: Conn) -> None:
 
 def apply_transactional(conn: Conn, migration: Migration, analysis: Analysis,
                         table: history.Table, timeouts: Timeouts) -> None:
-    prefix: list[sql.SQL | sql.Composed] = [
-        sql.SQL("BEGIN"),
+    prefix: list[str | sql.Composed] = [
+        "BEGIN",
         sql.SQL("SET LOCAL lock_timeout = {}").format(timeouts.lock),
         sql.SQL("SET LOCAL statement_timeout = {}").format(timeouts.statement),
     ]
-    queries = [*prefix, *(sql.SQL(s.text) for s in analysis.statements),
-               history.success_statement(table, migration), sql.SQL("COMMIT")]
+    queries = [*prefix, *(s.text for s in analysis.statements),
+               history.success_statement(table, migration), "COMMIT"]
     cursors: list[psycopg.Cursor[tuple[Any, ...]]] = []
     try:
         with conn.pipeline():

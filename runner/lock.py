@@ -132,7 +132,8 @@ class BlockerWatch:
     """Samples, from the lock connection, who blocks the migrating backend.
 
     The latest non-empty sample is kept so that a ``lock_timeout`` failure can name the
-    sessions that were in the way, which are no longer waited on once it fires.
+    sessions that were in the way, which are no longer waited on once it fires. The caller
+    clears ``latest`` before each attempt.
     """
 
     def __init__(self, conn: Conn, pid: int, interval: float) -> None:

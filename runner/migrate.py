@@ -4,15 +4,16 @@
 1. Discover and checksum the files; any file problem stops the run before connecting.
 2. Connect (retrying until ``--connect-timeout``) a dedicated lock connection, and take the
    session advisory lock on it (``lock.advisory_lock``), waiting at most
-   ``--lock-wait-timeout``. Then connect the work connection and take the fence on it
-   (``lock.fence_key``): it waits out an orphaned work backend of a killed runner.
-3. Under the lock, on a second connection: ensure the history table, read it, plan. A changed
+   ``--lock-wait-timeout``; then wait until the fence (``lock.fence_key``) is free, which
+   waits out an orphaned work backend of a killed runner.
+3. Under the lock, on the lock connection: ensure the history table, read it, plan. A changed
    checksum or an out-of-order file stops the run (exit 3) before anything is applied;
    unknown applied rows warn (exit 3 with ``--strict``). Every pending file is parsed before
    the first is applied.
-4. Apply each pending migration in version order, each in its own transaction with its
-   history row. A ``lock_timeout`` is retried with capped exponential backoff and jitter.
-   On failure or interruption: roll back, record a ``success=false`` row in a separate
+4. Only if something is pending, connect the work connection and hold the fence on it. Apply
+   each pending migration in version order, each in its own transaction with its history row.
+   A ``lock_timeout`` is retried with capped exponential backoff and jitter. On failure or
+   interruption: roll back, record a ``success=false`` row in a separate
    transaction, stop.
 5. Release the lock in ``finally``, even on interruption.
 """
@@ -22,7 +23,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +140,7 @@ def fail(conn: Conn, table: history.Table, migration: Migration, fields: dict[st
         logger().warning("failure_row_not_written", migration=migration.name, error=str(exc))
 
 
-def apply_one(conn: Conn, lock_conn: Conn, migration: Migration, analysis: Analysis,
+def apply_one(conn: Conn, watch: BlockerWatch, migration: Migration, analysis: Analysis,
               settings: Settings) -> int:
     """Apply ``migration`` with lock-timeout retries; returns its duration in ms."""
     log = logger()
@@ -155,10 +156,9 @@ def apply_one(conn: Conn, lock_conn: Conn, migration: Migration, analysis: Analy
     while True:
         log.info("migration_started", **fields, attempt=attempt + 1)
         started = time.monotonic()
-        watch = BlockerWatch(lock_conn, conn.info.backend_pid, interval=max(0.2, settings.ddl_lock_timeout / 3))
+        watch.latest = []
         try:
-            with watch:
-                execute.apply(conn, migration, analysis, table, timeouts)
+            execute.apply(conn, migration, analysis, table, timeouts)
         except DdlLockTimeout as exc:
             if attempt < settings.ddl_lock_retries:
                 attempt += 1
@@ -181,25 +181,59 @@ def apply_one(conn: Conn, lock_conn: Conn, migration: Migration, analysis: Analy
         return duration
 
 
+class Session:
+    """The lock connection, which also reads and plans, and the work connection.
+
+    The work connection is opened and fenced (``lock.fence_key``) only when something is to
+    be applied.
+    """
+
+    def __init__(self, settings: Settings, lock_conn: Conn, key: int, deadline: float, stack: ExitStack) -> None:
+        self.settings, self.lock_conn, self.key, self.deadline, self.stack = settings, lock_conn, key, deadline, stack
+        self._work: Conn | None = None
+        self._watch: BlockerWatch
+
+    def work(self) -> tuple[Conn, BlockerWatch]:
+        """The fenced work connection, and the watch on what blocks it (one thread per run)."""
+        if self._work is None:
+            conn = self.stack.enter_context(connect(self.settings))
+            with database_errors("fence lock", self.settings):
+                self.stack.enter_context(advisory_lock(conn, fence_key(self.key), self.remaining(), quiet=True))
+            interval = max(0.2, self.settings.ddl_lock_timeout / 3)
+            self._watch = self.stack.enter_context(BlockerWatch(self.lock_conn, conn.info.backend_pid, interval))
+            self._work = conn
+        return self._work, self._watch
+
+    def remaining(self) -> float:
+        return max(1.0, self.deadline - time.monotonic())
+
+
 @contextmanager
-def locked_session(settings: Settings) -> Iterator[tuple[Conn, Conn]]:
-    """(work connection, lock connection) with the advisory lock held for the block."""
+def locked_session(settings: Settings) -> Iterator[Session]:
+    """A ``Session`` with the advisory lock held and the history table ensured, for the block.
+
+    Before reading anything it waits for the fence to be free: a killed runner's work backend
+    may still be committing a migration it had received.
+    """
     table = table_of(settings)
-    with connect(settings) as lock_conn:
+    deadline = time.monotonic() + settings.lock_wait_timeout
+    with ExitStack() as stack:
+        lock_conn = stack.enter_context(connect(settings))
         bind(database=lock_conn.info.dbname)
         key = settings.lock_key
         if key is None:
             key = derive_key(lock_conn.info.dbname, table.qualified)
-        with database_errors("advisory lock", settings), advisory_lock(
-            lock_conn, key, settings.lock_wait_timeout, on_wait=observe.lock_wait_started,
-        ) as waited, connect(settings) as conn, advisory_lock(
-            conn, fence_key(key), max(1.0, settings.lock_wait_timeout - waited), quiet=True,
-        ):
+        session = Session(settings, lock_conn, key, deadline, stack)
+        with database_errors("advisory lock", settings):
+            waited = stack.enter_context(advisory_lock(
+                lock_conn, key, settings.lock_wait_timeout, on_wait=observe.lock_wait_started))
             observe.lock_acquired(waited)
-            with database_errors(f"history table {table.qualified}", settings):
-                if history.ensure(conn, table):
-                    logger().info("history_table_ready", table=table.qualified)
-            yield conn, lock_conn
+            with advisory_lock(lock_conn, fence_key(key), session.remaining(), quiet=True):
+                pass
+        with database_errors(f"history table {table.qualified}", settings):
+            if history.ensure(lock_conn, table):
+                logger().info("history_table_ready", table=table.qualified)
+        yield session
 
 
 def adopt(conn: Conn, plan: Plan, settings: Settings) -> None:
@@ -218,18 +252,18 @@ def migrate(settings: Settings) -> list[str]:
     """
     migrations = discover(settings.migrations_dir)
     applied: list[str] = []
-    with locked_session(settings) as (conn, lock_conn):
+    with locked_session(settings) as session:
         with database_errors("reading history", settings):
-            plan = make_plan(migrations, history.read(conn, table_of(settings)), settings.target)
+            plan = make_plan(migrations, history.read(session.lock_conn, table_of(settings)), settings.target)
         check_plan(plan, settings)
         analyses = [analyse(m) for m in plan.pending]
-        adopt(conn, plan, settings)
+        adopt(session.lock_conn, plan, settings)
         observe.RUN.pending = len(plan.pending)
         logger().info("plan_ready", pending=len(plan.pending), applied=len(plan.applied),
                       failed_before=[row.name for row in plan.failed])
         for migration, analysis in zip(plan.pending, analyses, strict=True):
             try:
-                duration_ms = apply_one(conn, lock_conn, migration, analysis, settings)
+                duration_ms = apply_one(*session.work(), migration, analysis, settings)
             except MigrationFailed as exc:
                 exc.applied = tuple(applied)
                 raise
@@ -310,7 +344,8 @@ def baseline(settings: Settings, version: int) -> list[str]:
     migrations = [m for m in discover(settings.migrations_dir) if m.version <= version]
     if not migrations or migrations[-1].version != version:
         raise ConfigError(f"baseline: no migration file with version {version:03d}")
-    with locked_session(settings) as (conn, _lock_conn), database_errors("baseline", settings):
+    with locked_session(settings) as session, database_errors("baseline", settings):
+        conn = session.lock_conn
         recorded = {row.name for row in history.read(conn, table_of(settings))}
         clash = sorted(recorded & {m.name for m in migrations})
         if clash:
@@ -325,7 +360,8 @@ def repair(settings: Settings) -> None:
     """Accept changed checksums and clear failed rows, each logged."""
     migrations = discover(settings.migrations_dir)
     table = table_of(settings)
-    with locked_session(settings) as (conn, _lock_conn), database_errors("repair", settings):
+    with locked_session(settings) as session, database_errors("repair", settings):
+        conn = session.lock_conn
         plan = make_plan(migrations, history.read(conn, table))
         history.set_checksums(conn, table, list(plan.changed))
         for migration in plan.changed:

@@ -14,9 +14,9 @@ Invariants:
 
 from __future__ import annotations
 
+import os
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
@@ -24,7 +24,7 @@ from typing import Any, TextIO
 import structlog
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
-RUN_ID = uuid.uuid4().hex[:16]
+RUN_ID = os.urandom(8).hex()
 
 
 def _scrub_value(value: object, scrub: Callable[[str], str]) -> object:

@@ -88,6 +88,7 @@ class Cluster:
     settings: dict[str, str] = field(default_factory=dict)
     password: str = field(default_factory=lambda: "pw-" + secrets.token_hex(12))
     port: int = 0
+    base: str | None = None  # parent directory of the cluster (e.g. /dev/shm for tmpfs)
     root: Path = Path()
     bindir: Path = Path()
 
@@ -108,7 +109,7 @@ class Cluster:
 
     def start(self) -> Cluster:
         self.bindir = ensure_binaries(self.major)
-        self.root = Path(tempfile.mkdtemp(prefix="runner-pg-"))
+        self.root = Path(tempfile.mkdtemp(prefix="runner-pg-", dir=self.base))
         if os.geteuid() == 0:
             nobody = pwd.getpwnam(SERVER_USER)
             os.chown(self.root, nobody.pw_uid, nobody.pw_gid)
