@@ -22,6 +22,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ RESULTS = REPO / "bench" / "results"
 STATEMENT = "CREATE TABLE t_{n} (id int, name text);\nCREATE INDEX t_{n}_name ON t_{n} (name);\n"
 COUNTED = "CREATE TABLE t_{n} (id int);\nINSERT INTO side VALUES ('{n}');\n"
 TOOLS = ("runner", "yoyo", "dbmate", "psql")
+W5_FILES = 999  # issue 9 asks for 2,000, but the three-digit naming rule (issue 3) allows 999 at most
 
 
 @dataclass
@@ -101,10 +103,10 @@ class Bench:
         base = self.work / key
         for tool in ("runner", "yoyo", "dbmate"):
             (base / tool).mkdir(parents=True, exist_ok=True)
-        floor = ["CREATE TABLE IF NOT EXISTS migration_history (id SERIAL PRIMARY KEY, migration_name VARCHAR(255)"
-                 " UNIQUE NOT NULL, applied_at TIMESTAMPTZ DEFAULT CURRENT_TIMESTAMP, success BOOLEAN DEFAULT true);"]
+        floor = [("CREATE TABLE IF NOT EXISTS migration_history (id SERIAL PRIMARY KEY, migration_name VARCHAR(255)"
+                 " UNIQUE NOT NULL, applied_at TIMESTAMPTZ DEFAULT CURRENT_TIMESTAMP, success BOOLEAN DEFAULT true);")]
         for i, body in enumerate(bodies, 1):
-            name = f"{i:04d}_m.sql" if len(bodies) > 999 else f"{i:03d}_m.sql"
+            name = f"{i:03d}_m.sql"
             (base / "runner" / name).write_text(body)
             (base / "yoyo" / name).write_text(body)
             (base / "dbmate" / f"{i:04d}_m.sql").write_text(f"-- migrate:up\n{body}\n-- migrate:down\n")
@@ -115,7 +117,7 @@ class Bench:
         base = self.work / key
         if tool == "runner":
             return [str(self.runner_bin / "migration-runner"), "migrate", "--migrations-dir", str(base / "runner"),
-                    "--database-url", self.url(db), "--log-level", "warning"]
+                    "--database-url", self.url(db)]
         if tool == "yoyo":
             return [str(self.peers_bin / "yoyo"), "apply", "--batch", "--no-config-file",
                     "--database", self.url(db, "postgresql+psycopg"), str(base / "yoyo")]
@@ -196,7 +198,7 @@ def bundled_on_sample(bench: Bench, reps: int) -> dict[str, list[Sample]]:
             try:
                 if tool == "runner":
                     argv = [str(bench.runner_bin / "migration-runner"), "migrate", "--migrations-dir",
-                            str(migrations), "--database-url", bench.url(db), "--log-level", "warning"]
+                            str(migrations), "--database-url", bench.url(db)]
                 else:
                     argv = [str(bench.bindir / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", bench.url(db),
                             "-f", str(floor)]
@@ -237,14 +239,13 @@ def main() -> int:
     args = parser.parse_args()
     base = "/dev/shm" if Path("/dev/shm").is_dir() else None
     cluster = Cluster(major=18, base=base).start()
-    import tempfile
     with tempfile.TemporaryDirectory() as tmp:
         try:
             bench = Bench(cluster, Path(tmp))
             bench.write_dirs("W1", [STATEMENT.format(n="001")])
             bench.write_dirs("W2", [STATEMENT.format(n=f"{i:03d}") for i in range(1, 201)])
             bench.write_dirs("W4", [COUNTED.format(n=f"{i:03d}") for i in range(1, 51)])
-            bench.write_dirs("W5", [STATEMENT.format(n=f"{i:04d}") for i in range(1, 2001)])
+            bench.write_dirs("W5", [STATEMENT.format(n=f"{i:03d}") for i in range(1, W5_FILES + 1)])
             templates: dict[tuple[str, str], str] = {}
             for key in ("W2", "W5"):
                 for tool in TOOLS:
@@ -279,11 +280,11 @@ def render(bench: Bench, samples: dict[tuple[str, str], list[Sample]], sample_ru
     lines = [
         f"# migration-runner benchmark, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
         "",
-        f"Machine: {os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB,"
-        f" {platform.platform()}, Python {platform.python_version()}.",
+        (f"Machine: {os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB,"
+        f" {platform.platform()}, Python {platform.python_version()}."),
         f"Versions: {versions(bench)}.",
-        f"Command: `python -m bench --reps {args.reps} --sample-reps {args.sample_reps}`; {args.reps} repetitions,"
-        " interleaved round-robin.",
+        (f"Command: `python -m bench --reps {args.reps} --sample-reps {args.sample_reps}`; {args.reps} repetitions,"
+        " interleaved round-robin."),
         "",
         "| workload | tool | wall median ms | wall min-max ms | CPU median ms | peak RSS median MiB | ok |",
         "|---|---|---|---|---|---|---|",
@@ -311,19 +312,21 @@ def render(bench: Bench, samples: dict[tuple[str, str], list[Sample]], sample_ru
     lines.append(f"| W4 8 runners, runner / yoyo | {wall('W4', 'runner') / wall('W4', 'yoyo'):.2f}x | <= 0.5x |")
     lines.append(f"| W4 exactly-once and all exit 0, runner | {sum(s.ok for s in samples[('W4', 'runner')])}/"
                  f"{len(samples[('W4', 'runner')])} runs | all |")
-    lines.append(f"| W5 2,000-file no-op / 200-file no-op, runner | {wall('W5', 'runner') / wall('W3', 'runner'):.2f}x | <= 1.5x |")
+    lines.append(f"| W5 {W5_FILES}-file no-op / 200-file no-op, runner | {wall('W5', 'runner') / wall('W3', 'runner'):.2f}x"
+                 " | <= 1.5x (for 2,000 files) |")
     if sample_runs:
         lines.append(f"| W5b bundled 004-006 on 500,000 trades, runner / psql | "
                      f"{med(sample_runs['runner'], 'wall') / med(sample_runs['psql'], 'wall'):.2f}x | |")
     lines += ["", "## Method and caveats", "", __doc__.split("Method (also written under the results table):")[1].strip(),
-              "- W1: one migration (CREATE TABLE + CREATE INDEX); W2: 200 such; W3: W2's database, nothing to do;"
+              ("- W1: one migration (CREATE TABLE + CREATE INDEX); W2: 200 such; W3: W2's database, nothing to do;"
               " W4: 8 processes released together on a fresh database with 50 migrations that each insert a row"
-              " into a side table (ok = all exit 0 and exactly 50 distinct rows); W5: 2,000 applied, nothing to do;"
-              " W5b: the bundled 004-006 after loading the deterministic 500,000-trade sample into 001-003.",
-              "- psql has no lock, so it has no W4 row; its W3 row connects, takes an advisory lock, reads the"
-              " history and unlocks.",
-              "- The runner logs at warning level here (no per-migration lines); at info level it writes two JSON"
-              " lines per migration.",
+              f" into a side table (ok = all exit 0 and exactly 50 distinct rows); W5: {W5_FILES} applied, nothing to do"
+              " (issue 9 asks for 2,000, but three-digit names allow 999);"
+              " W5b: the bundled 004-006 after loading the deterministic 500,000-trade sample into 001-003."),
+              ("- psql has no lock, so it has no W4 row; its W3 row connects, takes an advisory lock, reads the"
+              " history and unlocks."),
+              ("- The runner runs with its defaults: JSON logs at info level (two lines per migration) to stdout,"
+              " which the harness discards, as it discards the peers' output."),
               "- Shared 2-core machine: compare ratios within one run, not absolute numbers across runs.", ""]
     return "\n".join(lines)
 

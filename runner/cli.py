@@ -12,9 +12,6 @@ Invariants:
 from __future__ import annotations
 
 import argparse
-import datetime
-import getpass
-import json
 import os
 import signal
 import sys
@@ -107,6 +104,8 @@ def install_signal_handlers(deadline: float) -> None:
 
 
 def print_status(report: dict[str, object], as_json: bool) -> None:
+    import json  # noqa: PLC0415 - start-up cost paid by status only
+
     if as_json:
         print(json.dumps(report, indent=2))
         return
@@ -133,6 +132,9 @@ def run(settings: config.Settings, args: argparse.Namespace) -> None:
         found = migrate.validate(settings, with_database=has_database)
         observe.logger().info("validated", migrations=len(found), checked_history=has_database)
     elif command == "new":
+        import datetime  # noqa: PLC0415 - start-up cost paid by new only
+        import getpass  # noqa: PLC0415
+
         today = datetime.datetime.now(datetime.UTC).date().isoformat()
         path = migrate.new_file(settings, args.name, os.environ.get("GIT_AUTHOR_NAME") or getpass.getuser(), today)
         print(path)

@@ -29,7 +29,7 @@ from typing import Any
 
 import psycopg
 
-from runner import __version__, execute, history, observe
+from runner import __version__, history, observe
 from runner.config import Settings, redact
 from runner.discover import Analysis, Migration, analyse, discover
 from runner.errors import (
@@ -115,13 +115,6 @@ def backoff(attempt: int) -> float:
     return random.uniform(0.5, 1.0) * min(RETRY_BACKOFF_CAP, 0.5 * 2.0 ** attempt)  # noqa: S311 - jitter
 
 
-def timeouts_for(migration: Migration, settings: Settings) -> execute.Timeouts:
-    return execute.Timeouts(
-        lock=migration.directives.lock_timeout or f"{round(settings.ddl_lock_timeout * 1000)}ms",
-        statement=migration.directives.statement_timeout or f"{round(settings.statement_timeout * 1000)}ms",
-    )
-
-
 def error_text(exc: MigrationFailed) -> str:
     state = f"SQLSTATE {exc.sqlstate}: " if exc.sqlstate else ""
     where = f" (line {exc.line})" if exc.line is not None else ""
@@ -131,6 +124,8 @@ def error_text(exc: MigrationFailed) -> str:
 def fail(conn: Conn, table: history.Table, migration: Migration, fields: dict[str, str], message: str,
          started: float, sqlstate: str | None, line: int | None) -> None:
     """Log ``migration_failed`` and record the failure row; best effort, never masks the error."""
+    from runner import execute  # noqa: PLC0415
+
     elapsed_ms = round((time.monotonic() - started) * 1000)
     logger().error("migration_failed", **fields, duration_ms=elapsed_ms, sqlstate=sqlstate, error=message, line=line)
     try:
@@ -143,6 +138,7 @@ def fail(conn: Conn, table: history.Table, migration: Migration, fields: dict[st
 def apply_one(conn: Conn, watch: BlockerWatch, migration: Migration, analysis: Analysis,
               settings: Settings) -> int:
     """Apply ``migration`` with lock-timeout retries; returns its duration in ms."""
+    from runner import execute  # noqa: PLC0415 - a no-op run (every pod start) never needs it
     log = logger()
     table = table_of(settings)
     fields = {"migration": migration.name, "version": f"{migration.version:03d}", "checksum": migration.checksum}
@@ -151,7 +147,10 @@ def apply_one(conn: Conn, watch: BlockerWatch, migration: Migration, analysis: A
         log.warning("migration_not_atomic" if mixed else "migration_autocommit", **fields,
                     note="runs statement by statement in autocommit" + (
                         "; a failure leaves earlier statements applied" if mixed else ""))
-    timeouts = timeouts_for(migration, settings)
+    timeouts = execute.Timeouts(
+        lock=migration.directives.lock_timeout or f"{round(settings.ddl_lock_timeout * 1000)}ms",
+        statement=migration.directives.statement_timeout or f"{round(settings.statement_timeout * 1000)}ms",
+    )
     attempt = 0
     while True:
         log.info("migration_started", **fields, attempt=attempt + 1)
