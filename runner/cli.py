@@ -17,10 +17,11 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 
 from runner import __version__, config, migrate, observe
-from runner.errors import ExitCode, Interrupted, RunnerError
+from runner.errors import ConfigError, ExitCode, Interrupted, RunnerError, ValidationError
 
 COMMANDS = {
     "migrate": "apply pending migrations under the advisory lock (the default job)",
@@ -30,7 +31,11 @@ COMMANDS = {
     "baseline": "mark 001..VERSION applied without running them (adopt a hand-migrated database)",
     "repair": "accept changed checksums and clear failed rows, each logged",
     "wait": "wait until every migration in the directory is applied (init containers)",
+    "lint": "static checks of migration files (idempotency, lock safety, two-phase changes); no database",
+    "verify": "apply every migration twice in a scratch database and prove the second pass changes nothing",
+    "rehearse": "copy a database (pg_dump) into a scratch database and apply the pending migrations there",
 }
+REPORT_COMMANDS = {"lint", "verify", "rehearse"}  # their report goes to stdout, their log to stderr
 EPILOG = """exit codes: 0 done or nothing to do, 1 a migration failed, 2 usage or configuration error,
 3 validation failed, 4 lock not acquired in time, 5 database unreachable or unusable,
 6 wait timed out, 130/143 interrupted by SIGINT/SIGTERM (or --deadline)."""
@@ -64,6 +69,8 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
             command.add_argument("--json", action="store_true", help="print JSON instead of a table")
         if name == "new":
             command.add_argument("name", help="description in lower_snake_case")
+        if name == "lint":
+            command.add_argument("files", nargs="*", metavar="FILE", help="files to lint (default: the directory)")
         if name == "baseline":
             command.add_argument("baseline_version", metavar="VERSION", type=int, help="last version to mark")
     return parser
@@ -121,7 +128,7 @@ def print_status(report: dict[str, object], as_json: bool) -> None:
 def run(settings: config.Settings, args: argparse.Namespace) -> None:
     """Run one command; raises ``RunnerError`` or ``Interrupted`` on failure."""
     command = settings.command
-    if command not in {"validate", "new"}:
+    if command not in {"validate", "new", "lint"}:
         config.require_database(settings)
     if command == "migrate":
         migrate.migrate(settings)
@@ -144,6 +151,68 @@ def run(settings: config.Settings, args: argparse.Namespace) -> None:
         migrate.repair(settings)
     elif command == "wait":
         migrate.wait(settings)
+    elif command == "lint":
+        run_lint(settings, [Path(name) for name in args.files])
+    elif command == "verify":
+        run_verify(settings)
+    elif command == "rehearse":
+        run_rehearse(settings)
+
+
+def run_lint(settings: config.Settings, paths: list[Path]) -> None:
+    from runner import discover, lint  # noqa: PLC0415 - only lint needs the rules
+
+    files = paths or [m.path for m in discover.discover(settings.migrations_dir)]
+    findings = lint.lint_paths(files)
+    if settings.report_format == "json":
+        import json  # noqa: PLC0415
+
+        print(json.dumps([f.as_dict() for f in findings], indent=2))
+    else:
+        for finding in findings:
+            print(finding)
+        errors = sum(f.severity == "error" for f in findings)
+        print(f"{len(files)} files, {errors} errors, {len(findings) - errors} warnings")
+    errors_found = [str(f) for f in findings if f.severity == "error"]
+    if errors_found:
+        raise ValidationError(errors_found)
+
+
+def run_verify(settings: config.Settings) -> None:
+    from runner import verify  # noqa: PLC0415 - only verify needs the scratch machinery
+
+    findings, durations = verify.verify(settings, settings.scratch_url)
+    if settings.report_format == "json":
+        import json  # noqa: PLC0415
+
+        print(json.dumps({"findings": findings, "duration_ms": durations}, indent=2))
+    else:
+        for name, duration in durations.items():
+            print(f"{duration:>8} ms  {name}")
+        ok = "verified: every migration is idempotent (the second pass changed nothing)"
+        print("\n".join(findings) if findings else ok)
+    if findings:
+        raise ValidationError(findings)
+
+
+def run_rehearse(settings: config.Settings) -> None:
+    from runner import verify  # noqa: PLC0415
+
+    if not settings.from_url:
+        raise ConfigError("rehearse: --from-url (RUNNER_FROM_URL) is required")
+    report = verify.rehearse(settings, settings.from_url, schema_only=settings.schema_only,
+                             scratch_url=settings.scratch_url, pg_bin=settings.pg_bin)
+    if settings.report_format == "json":
+        import json  # noqa: PLC0415
+
+        print(json.dumps([r.__dict__ for r in report], indent=2))
+        return
+    print(f"{'MIGRATION':<40} {'MS':>8} {'ROWS':>10}  LOCKS (strongest per relation)")
+    for r in report:
+        locks = ", ".join(f"{rel}={mode.removesuffix('Lock')}" for rel, mode in r.locks.items()) or "-"
+        print(f"{r.migration:<40} {r.duration_ms:>8} {r.rows_touched:>10}  {locks}")
+    if not report:
+        print("nothing pending: the copy is already up to date")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -157,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunnerError as exc:
         print(f"migration-runner: {config.redact(str(exc))}", file=sys.stderr)
         return int(exc.exit_code)
-    report_on_stdout = command == "status" and args.json
+    report_on_stdout = (command == "status" and args.json) or command in REPORT_COMMANDS
     observe.configure(fmt=settings.log_format, level=settings.log_level,
                       scrub=lambda text: config.redact(text, settings.secrets),
                       stream=sys.stderr if report_on_stdout else sys.stdout)

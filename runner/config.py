@@ -68,6 +68,13 @@ OPTIONS: tuple[Option, ...] = (
            "keep serving /metrics this long after the run ends"),
     Option("metrics-file", ("RUNNER_METRICS_FILE",), None,
            "write metrics in the textfile-collector format to this path (atomically)"),
+    Option("scratch-url", ("RUNNER_SCRATCH_URL",), None,
+           "verify/rehearse: server for the scratch database (default: the database URL's server)"),
+    Option("from-url", ("RUNNER_FROM_URL",), None, "rehearse: the database to copy (pg_dump)"),
+    Option("schema-only", ("RUNNER_SCHEMA_ONLY",), "false", "rehearse: copy the schema without data",
+           flag_only_value=True),
+    Option("pg-bin", ("RUNNER_PG_BIN",), None, "rehearse: directory holding pg_dump and pg_restore"),
+    Option("format", ("RUNNER_FORMAT",), "human", "lint/verify/rehearse report: human or json"),
     Option("log-format", ("RUNNER_LOG_FORMAT",), None,
            "json or console; default: json unless stdout is a terminal"),
     Option("log-level", ("RUNNER_LOG_LEVEL",), "info", "debug, info, warning or error"),
@@ -109,6 +116,11 @@ class Settings:
     metrics_port: int | None
     metrics_linger: float
     metrics_file: str | None
+    scratch_url: str | None = field(repr=False)
+    from_url: str | None = field(repr=False)
+    schema_only: bool
+    pg_bin: str | None
+    report_format: str
     log_format: str | None
     log_level: str
     application_name: str
@@ -245,12 +257,17 @@ def load(command: str, flags: Mapping[str, object], environ: Mapping[str, str] |
     raw = {option.name: _raw(option, flags, env) for option in OPTIONS}
     database_url = _database_url(flags, env)
     secrets = passfile_secrets(env) | url_secrets(database_url or "")
+    for extra in (raw["scratch-url"], raw["from-url"]):
+        secrets |= url_secrets(extra or "")
     if env.get("PGPASSWORD"):
         secrets.add(env["PGPASSWORD"])
     schema, table = parse_history_table(raw["history-table"] or "")
     log_format = raw["log-format"]
     if log_format not in {None, "json", "console"}:
         raise ConfigError(f"--log-format: {log_format!r} is not json or console")
+    report_format = raw["format"] or "human"
+    if report_format not in {"human", "json"}:
+        raise ConfigError(f"--format: {report_format!r} is not human or json")
     log_level = (raw["log-level"] or "info").lower()
     if log_level not in {"debug", "info", "warning", "error"}:
         raise ConfigError(f"--log-level: {log_level!r} is not debug, info, warning or error")
@@ -279,6 +296,11 @@ def load(command: str, flags: Mapping[str, object], environ: Mapping[str, str] |
         metrics_port=parse_int("metrics-port", raw["metrics-port"]) if raw["metrics-port"] else None,
         metrics_linger=duration("metrics-linger"),
         metrics_file=raw["metrics-file"],
+        scratch_url=raw["scratch-url"],
+        from_url=raw["from-url"],
+        schema_only=parse_bool("schema-only", raw["schema-only"] or ""),
+        pg_bin=raw["pg-bin"],
+        report_format=report_format,
         log_format=log_format,
         log_level=log_level,
         application_name=application_name(env),
@@ -290,7 +312,8 @@ def load(command: str, flags: Mapping[str, object], environ: Mapping[str, str] |
 def require_database(settings: Settings, environ: Mapping[str, str] | None = None) -> None:
     """Refuse to guess a database: a URL, or at least PGHOST/PGSERVICE, must be given."""
     env = os.environ if environ is None else environ
-    if settings.database_url is None and not (env.get("PGHOST") or env.get("PGSERVICE")):
+    given = settings.database_url or settings.scratch_url or env.get("PGHOST") or env.get("PGSERVICE")
+    if not given:
         raise ConfigError(
             f"{settings.command}: no database given: set DATABASE_URL (or DATABASE_URL_FILE, "
             "--database-url, PGHOST); the runner never falls back to a local database"

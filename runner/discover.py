@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+import shlex
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner.errors import ConfigError, ValidationError
@@ -40,6 +41,7 @@ class Directives:
     no_transaction: bool = False
     lock_timeout: str | None = None
     statement_timeout: str | None = None
+    allow: tuple[tuple[str, str], ...] = ()  # (lint rule id, reason)
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class Statement:
     line: int
     transactional: bool
     concurrent_index: str | None = None  # name built by CREATE INDEX CONCURRENTLY
+    node: object = field(default=None, compare=False, repr=False)  # pglast's parse tree, for lint
 
 
 @dataclass(frozen=True)
@@ -77,23 +80,37 @@ def line_of(text: str, offset: int) -> int:
 
 
 def parse_directives(name: str, sql: str) -> tuple[Directives, list[str]]:
-    """The file's directives, and a problem for each unknown or malformed one."""
-    values: dict[str, str | bool] = {}
+    """The file's directives, and a problem for each unknown or malformed one.
+
+    ``allow=RULE`` must come with ``reason="..."`` on the same line (lint checks the rule id).
+    """
+    values: dict[str, object] = {}
+    allowed: list[tuple[str, str]] = []
     problems: list[str] = []
     for match in DIRECTIVE_LINE.finditer(sql):
         line = line_of(sql, match.start())
-        for word in match.group(1).split():
-            key, _, value = word.partition("=")
+        try:
+            words = shlex.split(match.group(1))
+        except ValueError as exc:
+            problems.append(f"{name}:{line}: directive line does not parse: {exc}")
+            continue
+        pairs = [word.partition("=") for word in words]
+        reason = next((value for key, _, value in pairs if key == "reason"), "")
+        for key, _, value in pairs:
             if key == "no-transaction" and not value:
                 values["no_transaction"] = True
             elif key in {"lock-timeout", "statement-timeout"} and PG_DURATION.match(value):
                 values[key.replace("-", "_")] = value
             elif key in {"lock-timeout", "statement-timeout"}:
                 problems.append(f"{name}:{line}: directive {key}={value!r} needs a duration like 2s or 30min")
-            else:
-                problems.append(f"{name}:{line}: unknown directive {word!r} "
-                                "(known: no-transaction, lock-timeout=, statement-timeout=)")
-    return Directives(**values), problems  # type: ignore[arg-type]
+            elif key == "allow" and value and reason:
+                allowed += [(rule, reason) for rule in value.split(",")]
+            elif key == "allow":
+                problems.append(f'{name}:{line}: allow={value} needs a rule id and reason="why" on the same line')
+            elif key != "reason":
+                problems.append(f"{name}:{line}: unknown directive {key + ('=' + value if value else '')!r} "
+                                "(known: no-transaction, lock-timeout=, statement-timeout=, allow= reason=)")
+    return Directives(**values, allow=tuple(allowed)), problems  # type: ignore[arg-type]
 
 
 def read_migration(directory: Path, path: Path, version: int) -> tuple[Migration | None, list[str]]:
@@ -203,7 +220,7 @@ def analyse(migration: Migration) -> Analysis:
             continue
         is_cic = type(node).__name__ == "IndexStmt" and bool(getattr(node, "concurrent", False))
         statements.append(Statement(text, line, not _non_transactional(node),
-                                    getattr(node, "idxname", None) if is_cic else None))
+                                    getattr(node, "idxname", None) if is_cic else None, node))
     if not statements and not problems:
         problems.append(f"{name}: has no SQL statement (only comments)")
     if problems:

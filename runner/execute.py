@@ -72,15 +72,31 @@ def rollback(conn: Conn) -> None:
         conn.execute("ROLLBACK")
 
 
+@dataclass
+class Outcome:
+    """What applying one migration reported.
+
+    ``rows_touched`` sums its statements' row counts; ``before_commit_rows`` holds the rows of
+    the optional ``before_commit`` query (run last inside the transaction, e.g. on pg_locks).
+    """
+
+    rows_touched: int = 0
+    before_commit_rows: list[tuple[Any, ...]] | None = None
+
+
+def rows_touched(cursors: list[psycopg.Cursor[tuple[Any, ...]]]) -> int:
+    return sum(max(cur.rowcount, 0) for cur in cursors)
+
+
 def apply_transactional(conn: Conn, migration: Migration, analysis: Analysis,
-                        table: history.Table, timeouts: Timeouts) -> None:
+                        table: history.Table, timeouts: Timeouts, before_commit: str | None) -> Outcome:
     prefix: list[str | sql.Composed] = [
         "BEGIN",
         sql.SQL("SET LOCAL lock_timeout = {}").format(timeouts.lock),
         sql.SQL("SET LOCAL statement_timeout = {}").format(timeouts.statement),
     ]
     queries = [*prefix, *(s.text for s in analysis.statements),
-               history.success_statement(table, migration), "COMMIT"]
+               *([before_commit] if before_commit else []), history.success_statement(table, migration), "COMMIT"]
     cursors: list[psycopg.Cursor[tuple[Any, ...]]] = []
     try:
         with conn.pipeline():
@@ -93,6 +109,9 @@ def apply_transactional(conn: Conn, migration: Migration, analysis: Analysis,
         if not isinstance(error, DatabaseUnavailable):
             rollback(conn)
         raise error from exc
+    file_cursors = cursors[len(prefix):len(prefix) + len(analysis.statements)]
+    inspect = cursors[len(prefix) + len(analysis.statements)] if before_commit else None
+    return Outcome(rows_touched(file_cursors), inspect.fetchall() if inspect else None)
 
 
 def drop_invalid_index(conn: Conn, migration: Migration, name: str) -> None:
@@ -103,16 +122,17 @@ def drop_invalid_index(conn: Conn, migration: Migration, name: str) -> None:
 
 
 def apply_autocommit(conn: Conn, migration: Migration, analysis: Analysis,
-                     table: history.Table, timeouts: Timeouts) -> None:
+                     table: history.Table, timeouts: Timeouts) -> Outcome:
     started = time.monotonic()
     statement: Statement | None = None
+    touched = 0
     try:
         conn.execute(sql.SQL("SET lock_timeout = {}").format(timeouts.lock))
         conn.execute(sql.SQL("SET statement_timeout = {}").format(timeouts.statement))
         for statement in analysis.statements:
             if statement.concurrent_index:
                 drop_invalid_index(conn, migration, statement.concurrent_index)
-            conn.execute(sql.SQL(statement.text))
+            touched += max(conn.execute(statement.text).rowcount, 0)
         statement = None
         invalid = [row[0] for s in analysis.statements if s.concurrent_index
                    for row in conn.execute(INVALID_INDEX_SQL, [s.concurrent_index]).fetchall()]
@@ -126,12 +146,15 @@ def apply_autocommit(conn: Conn, migration: Migration, analysis: Analysis,
     finally:
         if not conn.closed and not conn.broken:
             conn.execute("RESET lock_timeout; RESET statement_timeout")
+    return Outcome(touched)
 
 
-def apply(conn: Conn, migration: Migration, analysis: Analysis,
-          table: history.Table, timeouts: Timeouts) -> None:
-    """Apply ``migration`` and record it; raises a ``RunnerError`` on failure."""
+def apply(conn: Conn, migration: Migration, analysis: Analysis, table: history.Table, timeouts: Timeouts,
+          before_commit: str | None = None) -> Outcome:
+    """Apply ``migration`` and record it; raises a ``RunnerError`` on failure.
+
+    ``before_commit`` runs last inside a transactional migration (ignored in autocommit).
+    """
     if analysis.transactional:
-        apply_transactional(conn, migration, analysis, table, timeouts)
-    else:
-        apply_autocommit(conn, migration, analysis, table, timeouts)
+        return apply_transactional(conn, migration, analysis, table, timeouts, before_commit)
+    return apply_autocommit(conn, migration, analysis, table, timeouts)
