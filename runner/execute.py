@@ -76,12 +76,13 @@ def rollback(conn: Conn) -> None:
 class Outcome:
     """What applying one migration reported.
 
-    ``rows_touched`` sums its statements' row counts; ``before_commit_rows`` holds the rows of
-    the optional ``before_commit`` query (run last inside the transaction, e.g. on pg_locks).
+    ``rows_touched`` sums its statements' row counts. The optional ``inspect`` query runs twice
+    inside a transactional migration: right after BEGIN and right before COMMIT (e.g. on
+    pg_locks); ``inspected`` holds both results.
     """
 
     rows_touched: int = 0
-    before_commit_rows: list[tuple[Any, ...]] | None = None
+    inspected: tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]] | None = None
 
 
 def rows_touched(cursors: list[psycopg.Cursor[tuple[Any, ...]]]) -> int:
@@ -89,14 +90,15 @@ def rows_touched(cursors: list[psycopg.Cursor[tuple[Any, ...]]]) -> int:
 
 
 def apply_transactional(conn: Conn, migration: Migration, analysis: Analysis,
-                        table: history.Table, timeouts: Timeouts, before_commit: str | None) -> Outcome:
+                        table: history.Table, timeouts: Timeouts, inspect: str | None) -> Outcome:
     prefix: list[str | sql.Composed] = [
         "BEGIN",
         sql.SQL("SET LOCAL lock_timeout = {}").format(timeouts.lock),
         sql.SQL("SET LOCAL statement_timeout = {}").format(timeouts.statement),
+        *([inspect] if inspect else []),
     ]
     queries = [*prefix, *(s.text for s in analysis.statements),
-               *([before_commit] if before_commit else []), history.success_statement(table, migration), "COMMIT"]
+               *([inspect] if inspect else []), history.success_statement(table, migration), "COMMIT"]
     cursors: list[psycopg.Cursor[tuple[Any, ...]]] = []
     try:
         with conn.pipeline():
@@ -110,8 +112,10 @@ def apply_transactional(conn: Conn, migration: Migration, analysis: Analysis,
             rollback(conn)
         raise error from exc
     file_cursors = cursors[len(prefix):len(prefix) + len(analysis.statements)]
-    inspect = cursors[len(prefix) + len(analysis.statements)] if before_commit else None
-    return Outcome(rows_touched(file_cursors), inspect.fetchall() if inspect else None)
+    if not inspect:
+        return Outcome(rows_touched(file_cursors))
+    first, last = cursors[len(prefix) - 1], cursors[len(prefix) + len(analysis.statements)]
+    return Outcome(rows_touched(file_cursors), (first.fetchall(), last.fetchall()))
 
 
 def drop_invalid_index(conn: Conn, migration: Migration, name: str) -> None:
@@ -150,11 +154,11 @@ def apply_autocommit(conn: Conn, migration: Migration, analysis: Analysis,
 
 
 def apply(conn: Conn, migration: Migration, analysis: Analysis, table: history.Table, timeouts: Timeouts,
-          before_commit: str | None = None) -> Outcome:
+          inspect: str | None = None) -> Outcome:
     """Apply ``migration`` and record it; raises a ``RunnerError`` on failure.
 
-    ``before_commit`` runs last inside a transactional migration (ignored in autocommit).
+    ``inspect`` runs after BEGIN and before COMMIT of a transactional migration (see ``Outcome``).
     """
     if analysis.transactional:
-        return apply_transactional(conn, migration, analysis, table, timeouts, before_commit)
+        return apply_transactional(conn, migration, analysis, table, timeouts, inspect)
     return apply_autocommit(conn, migration, analysis, table, timeouts)

@@ -14,9 +14,11 @@ Invariants of ``verify``:
 Invariants of ``rehearse``:
 - The source is copied with ``pg_dump``/``pg_restore`` (schema and data, or schema only);
   passwords go to those tools through ``PGPASSWORD``, never through argv.
-- Each pending migration reports its duration, the rows its statements touched, and the
-  strongest lock mode it held per relation: read inside its transaction just before COMMIT
-  (every lock is still held then) and sampled from a second connection while it runs.
+- Each pending migration reports its duration, the rows it wrote, and the strongest lock mode
+  it held per table: read inside its transaction just before COMMIT (every lock is still held
+  then; the transaction's statistics count rows written by any statement, DO blocks included)
+  and sampled from a second connection while it runs. Autocommit files have only the samples
+  (a lock held for less than the sampling interval can be missed) and their statements' counts.
 """
 
 from __future__ import annotations
@@ -83,12 +85,18 @@ TABLES_SQL = f"""SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n
     WHERE {USER_SCHEMAS} AND c.relkind = 'r'"""
 LOCK_MODES = ("AccessShareLock", "RowShareLock", "RowExclusiveLock", "ShareUpdateExclusiveLock", "ShareLock",
               "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock")
-LOCKS_OF_SELF = f"""SELECT n.nspname || '.' || c.relname, l.mode FROM pg_locks l
+TABLE_KINDS = "c.relkind IN ('r', 'p', 'm')"  # tables, partitioned tables, materialized views
+# Run after BEGIN and before COMMIT of a transactional migration: at the end every lock it took
+# is still held, and the difference of the backend's pending statistics counts the rows written
+# by any statement, DO blocks included.
+INSPECT = f"""SELECT 'lock', n.nspname || '.' || c.relname, l.mode FROM pg_locks l
     JOIN pg_class c ON c.oid = l.relation JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE l.pid = pg_backend_pid() AND l.granted AND {USER_SCHEMAS.replace('%%', '%')}"""
+    WHERE l.pid = pg_backend_pid() AND l.granted AND {TABLE_KINDS} AND {USER_SCHEMAS.replace('%%', '%')}
+    UNION ALL
+    SELECT 'rows', NULL, coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::text FROM pg_stat_xact_user_tables"""
 LOCKS_OF_PID = f"""SELECT n.nspname || '.' || c.relname, l.mode FROM pg_locks l
     JOIN pg_class c ON c.oid = l.relation JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE l.pid = %s AND l.granted AND {USER_SCHEMAS}"""
+    WHERE l.pid = %s AND l.granted AND {TABLE_KINDS} AND {USER_SCHEMAS}"""
 SAMPLE_INTERVAL_S = 0.01
 
 Fingerprint = dict[str, list[tuple[Any, ...]]]
@@ -265,10 +273,15 @@ def rehearse(settings: Settings, from_url: str, *, schema_only: bool, scratch_ur
 def rehearse_one(conn: Conn, settings: Settings, migration: Migration, analysis: Analysis) -> Rehearsal:
     started = time.monotonic()
     with LockSampler(settings, conn.info.backend_pid) as sampler:
-        outcome = execute.apply(conn, migration, analysis, table_of(settings), timeouts(settings),
-                                before_commit=LOCKS_OF_SELF)
-        sampler.record(outcome.before_commit_rows or [])
-    rehearsal = Rehearsal(migration.name, round((time.monotonic() - started) * 1000), outcome.rows_touched,
+        outcome = execute.apply(conn, migration, analysis, table_of(settings), timeouts(settings), inspect=INSPECT)
+        first, last = outcome.inspected or ([], [])
+        sampler.record([(relation, mode) for kind, relation, mode in last if kind == "lock"])
+    if outcome.inspected:
+        rows = sum(int(count) for kind, _, count in last if kind == "rows") - sum(
+            int(count) for kind, _, count in first if kind == "rows")
+    else:
+        rows = outcome.rows_touched  # autocommit files: their statements' row counts
+    rehearsal = Rehearsal(migration.name, round((time.monotonic() - started) * 1000), rows,
                           dict(sorted(sampler.locks.items())))
     observe.logger().info("migration_rehearsed", migration=migration.name, duration_ms=rehearsal.duration_ms,
                           rows_touched=rehearsal.rows_touched, locks=rehearsal.locks)

@@ -24,8 +24,8 @@ RULE_CASES = {
     "replace-missing": ("CREATE VIEW v AS SELECT 1;", "CREATE OR REPLACE VIEW v AS SELECT 1;"),
     "add-constraint-unguarded": (
         "ALTER TABLE users ADD CONSTRAINT ck CHECK (id > 0) NOT VALID;",
-        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'ck' AND conrelid = 'users'::regclass)"
-        " THEN ALTER TABLE users ADD CONSTRAINT ck CHECK (id > 0) NOT VALID; END IF; END $$;"),
+        ("DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'ck' AND conrelid = 'users'::regclass)"
+        " THEN ALTER TABLE users ADD CONSTRAINT ck CHECK (id > 0) NOT VALID; END IF; END $$;")),
     "index-not-concurrent": ("CREATE INDEX IF NOT EXISTS users_email ON users (email);",
                              "CREATE INDEX CONCURRENTLY IF NOT EXISTS users_email ON users (email);"),
     "drop-column": ("ALTER TABLE users DROP COLUMN IF EXISTS legacy;", "SELECT 1;"),
@@ -127,8 +127,8 @@ def test_verify_passes_idempotent_migrations(db: Database) -> None:
 @pytest.mark.parametrize(("body", "expected"), [
     ("DO $$ BEGIN ALTER TABLE users ADD CONSTRAINT ck CHECK (id > 0); END $$;", "second application failed"),
     ("INSERT INTO users (id) VALUES (1);", "+ row_counts ('public', 'users', 2)"),
-    ("DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_type WHERE typname = 'mood') THEN"
-     " CREATE TYPE mood AS ENUM ('ok'); END IF; END $$;\nALTER TYPE mood ADD VALUE 'meh';", "second application failed"),
+    (("DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_type WHERE typname = 'mood') THEN"
+     " CREATE TYPE mood AS ENUM ('ok'); END IF; END $$;\nALTER TYPE mood ADD VALUE 'meh';"), "second application failed"),
     ("CREATE INDEX users_id ON users (id);", "second application failed"),
     ("DO $$ BEGIN EXECUTE format('CREATE TABLE t_%s (id int)', (SELECT count(*) FROM pg_class)); END $$;",
      "+ relations"),
@@ -178,7 +178,7 @@ def test_rehearse_reports_duration_locks_and_rows(db: Database) -> None:
     assert report["003_c.sql"]["rows_touched"] == 200
     assert all(r["duration_ms"] >= 0 for r in report.values())
     assert db.applied() == ["001_a.sql"]
-    assert db.query("SELECT count(*) FROM information_schema.columns WHERE column_name = 'active'") == [(0,)]
+    assert db.query("SELECT count(*) FROM information_schema.columns WHERE table_name = 'users' AND column_name = 'active'") == [(0,)]
     assert scratch_databases(db) == []
     assert db.cluster.password not in result.stdout + result.stderr
     schema_only = db.run("rehearse", "--schema-only", "--format", "json", env=env)
