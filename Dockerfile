@@ -9,12 +9,13 @@ FROM ${BASE_IMAGE} AS build
 ARG PIP_CERT
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-COPY requirements.lock pyproject.toml README.md ./
+COPY requirements.lock requirements-build.lock pyproject.toml README.md ./
 COPY runner/ runner/
 RUN python3 -m venv /opt/runner \
- && /opt/runner/bin/pip install --no-cache-dir --require-hashes --only-binary=:all: -r requirements.lock \
+ && /opt/runner/bin/pip install --no-cache-dir --require-hashes --only-binary=:all: \
+      -r requirements.lock -r requirements-build.lock \
  && /opt/runner/bin/pip install --no-cache-dir --no-deps --no-build-isolation . \
- && /opt/runner/bin/pip uninstall --yes --quiet pip setuptools \
+ && /opt/runner/bin/pip uninstall --yes --quiet pip setuptools wheel \
  && python3 -m compileall -q -j 0 /opt/runner
 
 FROM ${BASE_IMAGE}

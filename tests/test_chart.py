@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
+from runner import __version__
+
 helm_python = pytest.importorskip("helm_python")
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
@@ -138,9 +140,9 @@ def test_database_url_comes_from_the_secret() -> None:
     job = of_kind(manifests({"database": {"existingSecret": "shop-database", "secretKey": "url"}}), "Job")
     pod = job["spec"]["template"]["spec"]
     (volume,) = pod["volumes"]
-    assert volume["secret"] == {"secretName": "shop-database", "items": [{"key": "url", "path": "database-url"}]}
+    assert volume["secret"] == {"secretName": "shop-database", "optional": False}
     env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
-    assert env["DATABASE_URL_FILE"] == "/var/run/secrets/migration-runner/database-url"
+    assert env["DATABASE_URL_FILE"] == "/var/run/secrets/migration-runner/url"
     assert "DATABASE_URL" not in env
 
 
@@ -212,7 +214,6 @@ def test_example_app_renders_the_init_container(example: Path) -> None:
 
 def test_chart_version_matches_the_runner() -> None:
     """appVersion, the default image tag and the runner's version agree."""
-    from runner import __version__
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert chart["appVersion"] == values["image"]["tag"] == __version__

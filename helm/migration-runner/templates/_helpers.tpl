@@ -35,7 +35,7 @@ name), command (migrate or wait), args (extra arguments).
     {{- end }}
   env:
     - name: DATABASE_URL_FILE
-      value: /var/run/secrets/migration-runner/database-url
+      value: {{ printf "/var/run/secrets/migration-runner/%s" .values.database.secretKey | quote }}
     - name: MIGRATIONS_DIR
       value: {{ .values.migrations.dir | quote }}
     - name: RUNNER_HISTORY_TABLE
@@ -64,14 +64,16 @@ name), command (migrate or wait), args (extra arguments).
   terminationMessagePolicy: FallbackToLogsOnError
 {{- end -}}
 
-{{/* The pod volume holding the database URL file. Takes the same dict. */}}
+{{/*
+The pod volume holding the database URL file (each key of the Secret is a file named after
+it). Takes the same dict. No "items" remapping and an explicit "optional", which podman kube
+play (4.3) needs.
+*/}}
 {{- define "migration-runner.volumes" -}}
 - name: database-url
   secret:
     secretName: {{ include "migration-runner.secretName" . }}
-    items:
-      - key: {{ .values.database.secretKey }}
-        path: database-url
+    optional: false
 {{- end -}}
 
 {{/*
