@@ -11,6 +11,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +124,17 @@ class Database:
         proc = subprocess.run(argv, env=env or self.env(), capture_output=True, text=True, timeout=timeout)
         OUTPUTS.append(proc.stdout + proc.stderr)
         return Result(proc.returncode, proc.stdout, proc.stderr, parse_events(proc.stdout + proc.stderr))
+
+    def backend_running(self, statement_prefix: str, timeout: float = 20) -> int:
+        """The pid of a backend of this database running a statement that starts so; fails after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rows = self.query("SELECT pid FROM pg_stat_activity WHERE datname = %s AND starts_with(query, %s)",
+                              [self.name, statement_prefix])
+            if rows:
+                return int(rows[0][0])
+            time.sleep(0.05)
+        pytest.fail(f"no backend ran {statement_prefix!r} within {timeout}s")
 
     def history(self) -> list[tuple[Any, ...]]:
         return self.query("SELECT migration_name, success, checksum, error_message FROM migration_history ORDER BY id")

@@ -64,11 +64,7 @@ def test_orphaned_pipeline_is_not_applied_twice(db: Database) -> None:
     db.query(SIDE)
     db.write("001_slow.sql", "INSERT INTO side VALUES ('001');\nSELECT pg_sleep(1.5);\n")
     first = db.popen("migrate")
-    for _ in range(100):
-        if db.query("SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(1.5)%%' AND datname = %s",
-                    [db.name]):
-            break
-        time.sleep(0.05)
+    db.backend_running("SELECT pg_sleep(1.5)")
     first.kill()
     first.communicate()
     second = db.run("migrate")

@@ -86,11 +86,7 @@ def test_podman_stop_sends_sigterm_to_pid_1(db: Database, shared_dir: Path) -> N
                      env={"DATABASE_URL": db.url})
     assert started.returncode == 0, started.stderr
     try:
-        for _ in range(100):
-            if db.query("SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60)%%' AND datname = %s",
-                        [db.name]):
-                break
-            time.sleep(0.2)
+        db.backend_running("SELECT pg_sleep(60)", timeout=60)
         before = time.monotonic()
         assert podman("stop", "--time", "20", name).returncode == 0
         elapsed = time.monotonic() - before

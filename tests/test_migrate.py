@@ -361,10 +361,7 @@ def test_sigterm_cancels_rolls_back_and_releases(db: Database) -> None:
     """SIGTERM during pg_sleep(60): exit 143 in under 5 s, lock free, no backend left, failure row."""
     db.write("001_slow.sql", "CREATE TABLE IF NOT EXISTS never (id int);\nSELECT pg_sleep(60);\n")
     proc = db.popen("migrate")
-    for _ in range(100):
-        if db.query("SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60)%%' AND datname = %s", [db.name]):
-            break
-        time.sleep(0.1)
+    db.backend_running("SELECT pg_sleep(60)")
     started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=30)
@@ -382,10 +379,7 @@ def test_sigkill_frees_the_lock_and_next_run_succeeds(db: Database) -> None:
     """SIGKILL mid-migration: within a few seconds the backend is gone, the lock free, and a rerun works."""
     db.write("001_slow.sql", "CREATE TABLE IF NOT EXISTS done (id int);\nSELECT pg_sleep(30);\n")
     proc = db.popen("migrate")
-    for _ in range(100):
-        if db.query("SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%%' AND datname = %s", [db.name]):
-            break
-        time.sleep(0.1)
+    db.backend_running("SELECT pg_sleep(30)")
     proc.kill()
     proc.communicate()
     deadline = time.monotonic() + 10
@@ -439,12 +433,7 @@ def test_connection_closed_by_server_is_exit_5(db: Database) -> None:
     """The server terminates the runner's backend mid-migration: exit 5; the next run completes."""
     db.write("001_slow.sql", "CREATE TABLE IF NOT EXISTS t (id int);\nSELECT pg_sleep(30);\n")
     proc = db.popen("migrate")
-    for _ in range(100):
-        pids = db.query("SELECT pid FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%%' AND datname = %s", [db.name])
-        if pids:
-            break
-        time.sleep(0.1)
-    db.query("SELECT pg_terminate_backend(%s)", [pids[0][0]])
+    db.query("SELECT pg_terminate_backend(%s)", [db.backend_running("SELECT pg_sleep(30)")])
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 5, out
     assert db.query("SELECT to_regclass('t')") == [(None,)]

@@ -15,7 +15,7 @@ from runner.lock import derive_key
 from runner.observe import scrubber
 from tests.conftest import Database, parse_events
 from tests.pgcluster import free_port
-from tests.services import RULES, alerts, binary, prometheus, pushgateway, scrape
+from tests.services import RULES, alerts, binary, http_get, prometheus, pushgateway, scrape
 
 ISO_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d+Z$")
 CREATE_A = "CREATE TABLE IF NOT EXISTS a (id int PRIMARY KEY);\n"
@@ -144,6 +144,7 @@ def test_pushgateway_after_success_and_failure(db: Database) -> None:
         assert [k for k in ok if k.startswith("migration_runner_last_failure")] == []
         leaky = [k for k in ok if k.startswith("migration_runner") and ("pod=" in k or 'instance=""' not in k)]
         assert leaky == []  # grouping key is job + database only: no pod, no instance
+        assert db.cluster.password not in http_get(url + "/metrics")
 
         db.write("003_bad.sql", "SELECT 1/0;\n")
         assert db.run("migrate", "--pushgateway-url", url).code == 1
