@@ -1,12 +1,18 @@
 """Apply one migration with its history row; map SQLSTATEs to the runner's errors.
 
 Invariants:
-- A transactional migration is one pipeline, one round trip: ``BEGIN``, ``SET LOCAL``
-  timeouts, its statements, the history upsert, ``COMMIT``. It commits whole or not at all.
+- The work connection carries the default ``lock_timeout`` and ``statement_timeout`` as
+  session settings (``set_session_timeouts``); a file's own values apply with ``SET LOCAL``
+  to its transaction only, or, in autocommit, are set and then restored.
+- A transactional migration is one simple-query message, one round trip: ``BEGIN``, its
+  statements, the history upsert, ``COMMIT``. It commits whole or not at all.
 - A non-transactional migration runs its statements one by one in autocommit, then writes
   its history row; before each ``CREATE INDEX CONCURRENTLY`` an INVALID index of that name
   (left by an earlier failed attempt) is dropped, and afterwards none of them may be invalid.
-- Errors name the file and the line of the failing statement. Connection loss (SQLSTATE
+- Errors name the file and the line of the failing statement: from the error's position in
+  the message, or else by replaying the statements one by one in a transaction that is
+  always rolled back (only when the failed attempt was short, and never for cancellations,
+  lock timeouts or lost connections; then the line stays unknown). Connection loss (SQLSTATE
   classes 08 and 57P0x) is ``DatabaseUnavailable``; ``55P03`` is ``DdlLockTimeout``; any other
   server error is ``MigrationFailed``. Nothing here branches on message text.
 """
@@ -44,11 +50,21 @@ class Timeouts:
     statement: str
 
 
-def failure_line(statement: Statement | None, error: psycopg.Error) -> int | None:
+LOCATE_MAX_S = 2.0  # replay a failed migration to find its statement only if it failed this fast
+NOT_REPLAYED_CLASSES = ("08", "40", "55", "57")  # connection, rollback, lock, cancel/shutdown
+
+
+def failure_line(statement: Statement | None, offset: int | None) -> int | None:
+    """The file line of ``offset`` (0-based, into the statement's text), or its first line."""
     if statement is None:
         return None
-    position = error.diag.statement_position
-    return statement.line - 1 + line_of(statement.text, int(position) - 1) if position else statement.line
+    return statement.line - 1 + line_of(statement.text, offset) if offset is not None else statement.line
+
+
+def set_session_timeouts(conn: Conn, timeouts: Timeouts) -> None:
+    """Make ``timeouts`` the work connection's defaults (one round trip per connection)."""
+    conn.execute(sql.SQL("SELECT set_config('lock_timeout', {}, false), set_config('statement_timeout', {}, false)")
+                 .format(timeouts.lock, timeouts.statement))
 
 
 def connection_lost(error: psycopg.Error) -> bool:
@@ -57,9 +73,13 @@ def connection_lost(error: psycopg.Error) -> bool:
     return state is None or state.startswith("08") or state in SERVER_GONE_SQLSTATES
 
 
-def as_runner_error(migration: Migration, statement: Statement | None, error: psycopg.Error) -> Exception:
-    """The runner's error for a server error raised by ``statement`` of ``migration``."""
-    line = failure_line(statement, error)
+def as_runner_error(migration: Migration, statement: Statement | None, error: psycopg.Error,
+                    offset: int | None = None) -> Exception:
+    """The runner's error for a server error raised by ``statement`` of ``migration``.
+
+    ``offset`` is the error's 0-based position inside the statement's text, when known.
+    """
+    line = failure_line(statement, offset)
     message = error.diag.message_primary or str(error).strip()
     if connection_lost(error):
         return DatabaseUnavailable(f"connection lost while applying {migration.name}: {message}")
@@ -85,37 +105,78 @@ class Outcome:
     inspected: tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]] | None = None
 
 
-def rows_touched(cursors: list[psycopg.Cursor[tuple[Any, ...]]]) -> int:
-    return sum(max(cur.rowcount, 0) for cur in cursors)
+def local_overrides(conn: Conn, timeouts: Timeouts, session: Timeouts) -> list[str]:
+    """``SET LOCAL`` statements for the values in which this migration differs from the session."""
+    overrides = {"lock_timeout": (timeouts.lock, session.lock),
+                 "statement_timeout": (timeouts.statement, session.statement)}
+    return [sql.SQL("SET LOCAL {} = {}").format(sql.Identifier(name), mine).as_string(conn)
+            for name, (mine, default) in overrides.items() if mine != default]
 
 
-def apply_transactional(conn: Conn, migration: Migration, analysis: Analysis,
-                        table: history.Table, timeouts: Timeouts, inspect: str | None) -> Outcome:
-    prefix: list[str | sql.Composed] = [
-        "BEGIN",
-        sql.SQL("SET LOCAL lock_timeout = {}").format(timeouts.lock),
-        sql.SQL("SET LOCAL statement_timeout = {}").format(timeouts.statement),
-        *([inspect] if inspect else []),
-    ]
-    queries = [*prefix, *(s.text for s in analysis.statements),
-               *([inspect] if inspect else []), history.success_statement(table, migration), "COMMIT"]
-    cursors: list[psycopg.Cursor[tuple[Any, ...]]] = []
+def locate(conn: Conn, analysis: Analysis, prefix: list[str], failed: psycopg.Error) -> Statement | None:
+    """The statement that fails with ``failed``'s SQLSTATE when replayed one by one.
+
+    The replay runs in a transaction that is always rolled back.
+    """
+    culprit = None
     try:
-        with conn.pipeline():
-            cursors.extend(conn.execute(query) for query in queries)
+        conn.execute("BEGIN")
+        for part in prefix[1:]:
+            conn.execute(part)
+        for statement in analysis.statements:
+            try:
+                conn.execute(statement.text)
+            except psycopg.Error as exc:
+                culprit = statement if exc.sqlstate == failed.sqlstate else None
+                break
+    except psycopg.Error:
+        culprit = None
+    finally:
+        rollback(conn)
+    return culprit
+
+
+def apply_transactional(conn: Conn, migration: Migration, analysis: Analysis, table: history.Table,
+                        timeouts: Timeouts, session: Timeouts, inspect: str | None) -> Outcome:
+    prefix = ["BEGIN", *local_overrides(conn, timeouts, session), *([inspect] if inspect else [])]
+    parts = [*prefix, *(s.text for s in analysis.statements), *([inspect] if inspect else []),
+             history.success_statement(table, migration).as_string(conn), "COMMIT"]
+    separator = ";\n"
+    starts, offset = [], 0
+    for part in parts:
+        starts.append(offset)
+        offset += len(part) + len(separator)
+    started = time.monotonic()
+    try:
+        cursor = conn.execute(separator.join(parts))
     except psycopg.Error as exc:
-        done = sum(1 for cur in cursors if cur.statusmessage is not None)
-        index = done - len(prefix)
-        statement = analysis.statements[index] if 0 <= index < len(analysis.statements) else None
-        error = as_runner_error(migration, statement, exc)
-        if not isinstance(error, DatabaseUnavailable):
-            rollback(conn)
+        statement, within = None, None
+        position = exc.diag.statement_position
+        if position:
+            index = max(i for i, start in enumerate(starts) if start <= int(position) - 1) - len(prefix)
+            if 0 <= index < len(analysis.statements):
+                statement = analysis.statements[index]
+                within = int(position) - 1 - starts[index + len(prefix)]
+        error = as_runner_error(migration, statement, exc, within)
+        if isinstance(error, DatabaseUnavailable):
+            raise error from exc
+        rollback(conn)
+        replay = statement is None and time.monotonic() - started < LOCATE_MAX_S and not (
+            exc.sqlstate or "").startswith(NOT_REPLAYED_CLASSES)
+        if replay and (statement := locate(conn, analysis, prefix, exc)) is not None:
+            error = as_runner_error(migration, statement, exc)
         raise error from exc
-    file_cursors = cursors[len(prefix):len(prefix) + len(analysis.statements)]
+    results: list[tuple[int, list[tuple[Any, ...]] | None]] = []
+    while True:
+        results.append((cursor.rowcount, cursor.fetchall() if cursor.description else None))
+        if not cursor.nextset():
+            break
+    file_results = results[len(prefix):len(prefix) + len(analysis.statements)]
+    touched = sum(max(count, 0) for count, _ in file_results)
     if not inspect:
-        return Outcome(rows_touched(file_cursors))
-    first, last = cursors[len(prefix) - 1], cursors[len(prefix) + len(analysis.statements)]
-    return Outcome(rows_touched(file_cursors), (first.fetchall(), last.fetchall()))
+        return Outcome(touched)
+    first, last = results[len(prefix) - 1][1], results[len(prefix) + len(analysis.statements)][1]
+    return Outcome(touched, (first or [], last or []))
 
 
 def drop_invalid_index(conn: Conn, migration: Migration, name: str) -> None:
@@ -126,13 +187,13 @@ def drop_invalid_index(conn: Conn, migration: Migration, name: str) -> None:
 
 
 def apply_autocommit(conn: Conn, migration: Migration, analysis: Analysis,
-                     table: history.Table, timeouts: Timeouts) -> Outcome:
+                     table: history.Table, timeouts: Timeouts, session: Timeouts) -> Outcome:
     started = time.monotonic()
     statement: Statement | None = None
     touched = 0
     try:
-        conn.execute(sql.SQL("SET lock_timeout = {}").format(timeouts.lock))
-        conn.execute(sql.SQL("SET statement_timeout = {}").format(timeouts.statement))
+        if timeouts != session:
+            set_session_timeouts(conn, timeouts)
         for statement in analysis.statements:
             if statement.concurrent_index:
                 drop_invalid_index(conn, migration, statement.concurrent_index)
@@ -146,19 +207,21 @@ def apply_autocommit(conn: Conn, migration: Migration, analysis: Analysis,
         elapsed_ms = round((time.monotonic() - started) * 1000)
         conn.execute(history.success_statement(table, migration, elapsed_ms))
     except psycopg.Error as exc:
-        raise as_runner_error(migration, statement, exc) from exc
+        position = exc.diag.statement_position
+        raise as_runner_error(migration, statement, exc, int(position) - 1 if position else None) from exc
     finally:
-        if not conn.closed and not conn.broken:
-            conn.execute("RESET lock_timeout; RESET statement_timeout")
+        if timeouts != session and not conn.closed and not conn.broken:
+            set_session_timeouts(conn, session)
     return Outcome(touched)
 
 
 def apply(conn: Conn, migration: Migration, analysis: Analysis, table: history.Table, timeouts: Timeouts,
-          inspect: str | None = None) -> Outcome:
-    """Apply ``migration`` and record it; raises a ``RunnerError`` on failure.
+          session: Timeouts, inspect: str | None = None) -> Outcome:
+    """Apply ``migration`` with ``timeouts`` and record it; raises a ``RunnerError`` on failure.
 
+    ``session`` holds the timeouts the connection already has (``set_session_timeouts``).
     ``inspect`` runs after BEGIN and before COMMIT of a transactional migration (see ``Outcome``).
     """
     if analysis.transactional:
-        return apply_transactional(conn, migration, analysis, table, timeouts, inspect)
-    return apply_autocommit(conn, migration, analysis, table, timeouts)
+        return apply_transactional(conn, migration, analysis, table, timeouts, session, inspect)
+    return apply_autocommit(conn, migration, analysis, table, timeouts, session)

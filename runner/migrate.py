@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -44,6 +44,9 @@ from runner.errors import (
 from runner.lock import BlockerWatch, advisory_lock, derive_key, fence_key
 from runner.observe import bind, logger
 from runner.plan import Plan, make_plan
+
+if TYPE_CHECKING:
+    from runner.execute import Timeouts
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 SESSION_SETTINGS = "SET client_connection_check_interval = '2s'"
@@ -110,6 +113,14 @@ def check_plan(plan: Plan, settings: Settings) -> None:
         raise ValidationError(problems)
 
 
+def session_timeouts(settings: Settings) -> Timeouts:
+    """The work connection's default lock and statement timeouts, as PostgreSQL values."""
+    from runner.execute import Timeouts  # noqa: PLC0415 - loaded with the executor only
+
+    return Timeouts(lock=f"{round(settings.ddl_lock_timeout * 1000)}ms",
+                    statement=f"{round(settings.statement_timeout * 1000)}ms")
+
+
 def backoff(attempt: int) -> float:
     """Capped exponential backoff with full jitter: up to 0.5 s, 1 s, 2 s ... 30 s."""
     return random.uniform(0.5, 1.0) * min(RETRY_BACKOFF_CAP, 0.5 * 2.0 ** attempt)  # noqa: S311 - jitter
@@ -147,17 +158,16 @@ def apply_one(conn: Conn, watch: BlockerWatch, migration: Migration, analysis: A
         log.warning("migration_not_atomic" if mixed else "migration_autocommit", **fields,
                     note="runs statement by statement in autocommit" + (
                         "; a failure leaves earlier statements applied" if mixed else ""))
-    timeouts = execute.Timeouts(
-        lock=migration.directives.lock_timeout or f"{round(settings.ddl_lock_timeout * 1000)}ms",
-        statement=migration.directives.statement_timeout or f"{round(settings.statement_timeout * 1000)}ms",
-    )
+    session = session_timeouts(settings)
+    timeouts = execute.Timeouts(lock=migration.directives.lock_timeout or session.lock,
+                                statement=migration.directives.statement_timeout or session.statement)
     attempt = 0
     while True:
         log.info("migration_started", **fields, attempt=attempt + 1)
         started = time.monotonic()
         watch.latest = []
         try:
-            execute.apply(conn, migration, analysis, table, timeouts)
+            execute.apply(conn, migration, analysis, table, timeouts, session)
         except DdlLockTimeout as exc:
             if attempt < settings.ddl_lock_retries:
                 attempt += 1
@@ -198,6 +208,9 @@ class Session:
             conn = self.stack.enter_context(connect(self.settings))
             with database_errors("fence lock", self.settings):
                 self.stack.enter_context(advisory_lock(conn, fence_key(self.key), self.remaining(), quiet=True))
+            from runner import execute  # noqa: PLC0415 - a no-op run never opens the work connection
+
+            execute.set_session_timeouts(conn, session_timeouts(self.settings))
             interval = max(0.2, self.settings.ddl_lock_timeout / 3)
             self._watch = self.stack.enter_context(BlockerWatch(self.lock_conn, conn.info.backend_pid, interval))
             self._work = conn

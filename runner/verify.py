@@ -44,7 +44,7 @@ from runner import execute, history, observe
 from runner.config import Settings, redact
 from runner.discover import Analysis, Migration, analyse, discover
 from runner.errors import ConfigError, DatabaseUnavailable, RunnerError
-from runner.migrate import connect, database_errors, migrate, table_of
+from runner.migrate import connect, database_errors, migrate, session_timeouts, table_of
 from runner.plan import make_plan
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -141,9 +141,11 @@ def scratch_database(settings: Settings, scratch_url: str | None, purpose: str) 
         observe.logger().info("scratch_database_dropped", scratch_database=name)
 
 
-def timeouts(settings: Settings) -> execute.Timeouts:
-    return execute.Timeouts(lock=f"{round(settings.ddl_lock_timeout * 1000)}ms",
-                            statement=f"{round(settings.statement_timeout * 1000)}ms")
+def prepared(conn: Conn, settings: Settings) -> execute.Timeouts:
+    """Give ``conn`` the session timeouts the executor expects; returns them."""
+    timeouts = session_timeouts(settings)
+    execute.set_session_timeouts(conn, timeouts)
+    return timeouts
 
 
 def verify(settings: Settings, scratch_url: str | None) -> tuple[list[str], dict[str, int]]:
@@ -158,10 +160,11 @@ def verify(settings: Settings, scratch_url: str | None) -> tuple[list[str], dict
             return [f"first application failed: {exc}"], {}
         durations = {m.name: round(observe.RUN.durations_s.get(f"{m.version:03d}", 0) * 1000) for m in migrations}
         with connect(scratch) as conn:
+            session = prepared(conn, scratch)
             before = fingerprint(conn)
             for migration in migrations:
                 try:
-                    execute.apply(conn, migration, analyses[migration.name], table_of(scratch), timeouts(scratch))
+                    execute.apply(conn, migration, analyses[migration.name], table_of(scratch), session, session)
                 except RunnerError as exc:
                     findings.append(f"{migration.name}: second application failed: {exc}")
                     continue
@@ -273,7 +276,8 @@ def rehearse(settings: Settings, from_url: str, *, schema_only: bool, scratch_ur
 def rehearse_one(conn: Conn, settings: Settings, migration: Migration, analysis: Analysis) -> Rehearsal:
     started = time.monotonic()
     with LockSampler(settings, conn.info.backend_pid) as sampler:
-        outcome = execute.apply(conn, migration, analysis, table_of(settings), timeouts(settings), inspect=INSPECT)
+        session = prepared(conn, settings)
+        outcome = execute.apply(conn, migration, analysis, table_of(settings), session, session, inspect=INSPECT)
         first, last = outcome.inspected or ([], [])
         sampler.record([(relation, mode) for kind, relation, mode in last if kind == "lock"])
     if outcome.inspected:

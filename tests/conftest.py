@@ -125,16 +125,17 @@ class Database:
         OUTPUTS.append(proc.stdout + proc.stderr)
         return Result(proc.returncode, proc.stdout, proc.stderr, parse_events(proc.stdout + proc.stderr))
 
-    def backend_running(self, statement_prefix: str, timeout: float = 20) -> int:
-        """The pid of a backend of this database running a statement that starts so; fails after ``timeout``."""
+    def backend_running(self, statement: str, timeout: float = 20) -> int:
+        """The pid of another backend of this database whose query contains ``statement`` (a migration
+        is sent as one message); fails after ``timeout``."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            rows = self.query("SELECT pid FROM pg_stat_activity WHERE datname = %s AND starts_with(query, %s)",
-                              [self.name, statement_prefix])
+            rows = self.query("SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()"
+                              " AND state = 'active' AND strpos(query, %s) > 0", [self.name, statement])
             if rows:
                 return int(rows[0][0])
             time.sleep(0.05)
-        pytest.fail(f"no backend ran {statement_prefix!r} within {timeout}s")
+        pytest.fail(f"no backend ran {statement!r} within {timeout}s")
 
     def history(self) -> list[tuple[Any, ...]]:
         return self.query("SELECT migration_name, success, checksum, error_message FROM migration_history ORDER BY id")
