@@ -11,6 +11,7 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Mapping
@@ -192,14 +193,25 @@ def passfile_secrets(environ: Mapping[str, str]) -> set[str]:
     return {parts[-1].replace("\\:", ":").replace("\\\\", "\\") for parts in fields if len(parts) == 5}
 
 
+@functools.cache
+def secrets_pattern(secrets: frozenset[str]) -> re.Pattern[str] | None:
+    """One pattern for every secret and its percent-encoded form, longest first."""
+    forms = {form for secret in secrets if len(secret) >= MIN_SECRET_LENGTH
+             for form in (secret, quote(secret, safe=""))}
+    return re.compile("|".join(map(re.escape, sorted(forms, key=len, reverse=True)))) if forms else None
+
+
 def redact(text: str, secrets: frozenset[str] | set[str] = frozenset()) -> str:
-    """``text`` without URL passwords, ``password=`` values, or any known secret."""
-    text = URL_USERINFO.sub(r"\1***@", text)
-    text = PASSWORD_PAIR.sub(r"\1***", text)
-    for secret in sorted(secrets, key=len, reverse=True):
-        if len(secret) >= MIN_SECRET_LENGTH:
-            text = text.replace(secret, "***").replace(quote(secret, safe=""), "***")
-    return text
+    """``text`` without URL passwords, ``password=`` values, or any known secret.
+
+    Runs on every string of every log line: the secrets are compiled once per set.
+    """
+    if "@" in text:
+        text = URL_USERINFO.sub(r"\1***@", text)
+    if "=" in text:
+        text = PASSWORD_PAIR.sub(r"\1***", text)
+    pattern = secrets_pattern(secrets if isinstance(secrets, frozenset) else frozenset(secrets))
+    return pattern.sub("***", text) if pattern else text
 
 
 def database_label(url: str | None, environ: Mapping[str, str]) -> str:

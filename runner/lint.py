@@ -5,6 +5,7 @@ Invariants:
   and a fix hint. ``error`` findings make ``lint`` exit 3; ``warning`` findings do not.
 - A file may waive a rule with ``-- runner: allow=RULE reason="why"``; a waiver without a
   reason, or naming an unknown rule, is itself an error.
+- Rules read the JSON parse tree (absent fields mean false or empty).
 - Statements inside ``DO`` blocks and function bodies are not inspected (``verify`` runs them
   twice instead); a ``DO`` block is how a guarded ``ADD CONSTRAINT`` is written.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from runner.discover import MIGRATION_NAME, Migration, Statement, analyse, read_migration
 from runner.errors import ValidationError
@@ -74,64 +76,69 @@ class Finding:
         return f"{self.file}:{self.line}: {self.severity} {self.rule}: {self.message} (hint: {self.hint})"
 
 
-def kind(node: object) -> str:
-    return type(node).__name__
+def kind(node: dict[str, Any]) -> str:
+    return next(iter(node))
 
 
-def relation(node: object) -> str | None:
-    rel = getattr(node, "relation", None)
-    return getattr(rel, "relname", None) if rel is not None else None
+def body(node: dict[str, Any]) -> dict[str, Any]:
+    return dict(node[kind(node)])
+
+
+def relation(node: dict[str, Any]) -> str | None:
+    """The relation a statement names, if any (absent fields in the JSON tree mean false/empty)."""
+    name = body(node).get("relation", {}).get("relname")
+    return str(name) if name else None
 
 
 def statement_findings(statement: Statement, created: set[str]) -> list[tuple[str, str]]:
     """(rule, message) for one top-level statement; ``created`` holds tables this file creates."""
     node, name = statement.node, kind(statement.node)
+    fields = body(node)
     found: list[tuple[str, str]] = []
     table = relation(node)
     existing = table is not None and table not in created
-    if name in CREATE_NODES and not getattr(node, "if_not_exists", True):
+    if name in CREATE_NODES and not fields.get("if_not_exists"):
         found.append(("create-not-idempotent", f"CREATE {CREATE_NODES[name]} without IF NOT EXISTS"))
-    if name in REPLACE_NODES and not getattr(node, "replace", True):
+    if name in REPLACE_NODES and not fields.get("replace"):
         found.append(("replace-missing", f"CREATE {REPLACE_NODES[name]} without OR REPLACE"))
-    if name == "DropStmt" and not getattr(node, "missing_ok", True):
+    if name == "DropStmt" and not fields.get("missing_ok"):
         found.append(("drop-not-idempotent", "DROP without IF EXISTS"))
-    if name == "IndexStmt" and existing and not getattr(node, "concurrent", False):
+    if name == "IndexStmt" and existing and not fields.get("concurrent"):
         found.append(("index-not-concurrent", f"CREATE INDEX on existing table {table} without CONCURRENTLY"))
     if name == "RenameStmt":
-        rename = getattr(getattr(node, "renameType", None), "name", "")
-        if rename == "OBJECT_COLUMN":
+        if fields.get("renameType") == "OBJECT_COLUMN":
             found.append(("rename-column", f"RENAME COLUMN on {table}"))
-        elif rename == "OBJECT_TABLE":
+        elif fields.get("renameType") == "OBJECT_TABLE":
             found.append(("rename-table", f"RENAME TABLE {table}"))
     if name == "AlterTableStmt":
-        for cmd in getattr(node, "cmds", None) or ():
-            found += alter_findings(cmd, table, existing=existing)
+        for cmd in fields.get("cmds", ()):
+            found += alter_findings(cmd.get("AlterTableCmd", {}), table, existing=existing)
     return found
 
 
-def alter_findings(cmd: object, table: str | None, *, existing: bool) -> list[tuple[str, str]]:
-    subtype = getattr(getattr(cmd, "subtype", None), "name", "")
-    missing_ok = bool(getattr(cmd, "missing_ok", False))
+def alter_findings(cmd: dict[str, Any], table: str | None, *, existing: bool) -> list[tuple[str, str]]:
+    subtype = cmd.get("subtype", "")
+    missing_ok = bool(cmd.get("missing_ok"))
     found: list[tuple[str, str]] = []
     if subtype == "AT_AddColumn" and not missing_ok:
         found.append(("add-column-not-idempotent", f"ADD COLUMN on {table} without IF NOT EXISTS"))
     elif subtype == "AT_DropColumn":
-        found.append(("drop-column", f"DROP COLUMN {getattr(cmd, 'name', '')} on {table}"))
+        found.append(("drop-column", f"DROP COLUMN {cmd.get('name', '')} on {table}"))
         if not missing_ok:
             found.append(("drop-not-idempotent", "DROP COLUMN without IF EXISTS"))
     elif subtype == "AT_AddConstraint":
-        constraint = getattr(cmd, "def_", None)
-        found.append(("add-constraint-unguarded", (f"ADD CONSTRAINT {getattr(constraint, 'conname', '')} on {table}"
+        constraint = cmd.get("def", {}).get("Constraint", {})
+        found.append(("add-constraint-unguarded", (f"ADD CONSTRAINT {constraint.get('conname', '')} on {table}"
                                                   " outside a guard")))
-        contype = getattr(getattr(constraint, "contype", None), "name", "")
-        validates = not getattr(constraint, "skip_validation", False)
+        contype = constraint.get("contype", "")
+        validates = not constraint.get("skip_validation")
         if existing and validates and contype in {"CONSTR_CHECK", "CONSTR_FOREIGN"}:
             found.append(("constraint-validates", (f"{contype.removeprefix('CONSTR_')} constraint on existing table"
                                                   f" {table} validates every row under lock")))
     elif subtype == "AT_AlterColumnType" and existing:
-        found.append(("column-type-rewrite", f"ALTER COLUMN {getattr(cmd, 'name', '')} TYPE on {table}"))
+        found.append(("column-type-rewrite", f"ALTER COLUMN {cmd.get('name', '')} TYPE on {table}"))
     elif subtype == "AT_SetNotNull" and existing:
-        found.append(("set-not-null-scan", f"SET NOT NULL on {table}.{getattr(cmd, 'name', '')}"))
+        found.append(("set-not-null-scan", f"SET NOT NULL on {table}.{cmd.get('name', '')}"))
     return found
 
 

@@ -10,7 +10,7 @@ Invariants:
 - Released in ``finally``; if the connection is gone the server has released it already.
 - The work connection holds a second lock, the fence (``fence_key``), for as long as it lives.
   A SIGKILLed runner's lock connection dies at once, but its work backend may still be
-  executing (and then committing) a pipeline it had already received; a new runner takes the
+  executing (and then committing) a migration it had already received; a new runner takes the
   fence before reading the history, so it waits for such an orphan to finish first.
 """
 

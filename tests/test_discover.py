@@ -190,3 +190,12 @@ def test_missing_directory_is_a_config_error(tmp_path: Path) -> None:
     """A missing migrations directory is a configuration error (exit 2)."""
     with pytest.raises(ConfigError, match="does not exist"):
         discover(tmp_path / "nope")
+
+
+def test_statements_after_multibyte_text_keep_their_text_and_line(tmp_path: Path) -> None:
+    """Multi-byte UTF-8 before and inside statements: each statement's text and line are exact."""
+    write(tmp_path, "001_a.sql", "-- Müller's trädes, ünïcode\nSELECT 'ééé', 'ß';\n\nCREATE TABLE IF NOT EXISTS b (x text DEFAULT 'ø');\n")
+    (migration,) = discover(tmp_path)
+    statements = analyse(migration).statements
+    assert [(s.text, s.line) for s in statements] == [
+        ("SELECT 'ééé', 'ß'", 2), ("CREATE TABLE IF NOT EXISTS b (x text DEFAULT 'ø')", 4)]

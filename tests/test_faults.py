@@ -58,8 +58,8 @@ def assert_history_matches_objects(db: Database, count: int) -> set[str]:
     return applied
 
 
-def test_orphaned_pipeline_is_not_applied_twice(db: Database) -> None:
-    """SIGKILL right after a migration's pipeline was sent: its backend still commits it, and a runner
+def test_orphaned_migration_is_not_applied_twice(db: Database) -> None:
+    """SIGKILL right after a migration was sent: its backend still commits it, and a runner
     started at once waits for that orphan (the fence) instead of applying the migration again."""
     db.query(SIDE)
     db.write("001_slow.sql", "INSERT INTO side VALUES ('001');\nSELECT pg_sleep(1.5);\n")

@@ -440,3 +440,27 @@ def test_connection_closed_by_server_is_exit_5(db: Database) -> None:
     assert db.query("SELECT to_regclass('t')") == [(None,)]
     with psycopg.connect(db.url) as conn:
         assert conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").fetchone() == (0,)
+
+
+def test_slow_failure_without_position_is_not_replayed(db: Database) -> None:
+    """A failure without a position after a slow statement is not replayed to find its line: line unknown."""
+    db.write("001_a.sql", "CREATE TABLE IF NOT EXISTS replayed (id int);\nINSERT INTO replayed VALUES (1);\n"
+                          "SELECT pg_sleep(2.5);\nSELECT 1/0;\n")
+    result = db.run("migrate")
+    assert result.code == 1
+    failed = result.one("migration_failed")
+    assert failed["sqlstate"] == "22012"
+    assert failed["line"] is None
+    assert db.query("SELECT to_regclass('replayed')") == [(None,)]
+
+
+def test_statement_timeout_is_reported_without_replay(db: Database) -> None:
+    """A statement_timeout (57014) fails the migration at once, rolled back, and is never replayed."""
+    db.write("001_a.sql", "-- runner: statement-timeout=300ms\nCREATE TABLE IF NOT EXISTS slow (id int);\n"
+                          "SELECT pg_sleep(5);\n")
+    started = time.monotonic()
+    result = db.run("migrate")
+    assert result.code == 1
+    assert time.monotonic() - started < 4
+    assert result.one("migration_failed")["sqlstate"] == "57014"
+    assert db.query("SELECT to_regclass('slow')") == [(None,)]
