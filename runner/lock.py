@@ -128,28 +128,26 @@ def advisory_lock(
                             note="the server releases it when the session ends")
 
 
-class BlockerWatch:
-    """Samples, from the lock connection, who blocks the migrating backend.
+class Poller:
+    """Calls ``sample`` every ``interval`` seconds in a daemon thread during the ``with`` block.
 
-    The latest non-empty sample is kept so that a ``lock_timeout`` failure can name the
-    sessions that were in the way, which are no longer waited on once it fires. The caller
-    clears ``latest`` before each attempt.
+    It stops at the first database error (the connection is gone or busy).
     """
 
-    def __init__(self, conn: Conn, pid: int, interval: float) -> None:
-        self.conn, self.pid, self.interval = conn, pid, interval
-        self.latest: list[dict[str, object]] = []
+    def __init__(self, interval: float, name: str) -> None:
+        self.interval = interval
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="blocker-watch", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def sample(self) -> None:
+        raise NotImplementedError
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                found = blockers(self.conn, self.pid)
+                self.sample()
             except psycopg.Error:
                 return
-            if found:
-                self.latest = found
 
     def __enter__(self) -> Self:
         self._thread.start()
@@ -158,3 +156,22 @@ class BlockerWatch:
     def __exit__(self, *_exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+class BlockerWatch(Poller):
+    """Samples, from the lock connection, who blocks the migrating backend.
+
+    The latest non-empty sample is kept so that a ``lock_timeout`` failure can name the
+    sessions that were in the way, which are no longer waited on once it fires. The caller
+    clears ``latest`` before each attempt.
+    """
+
+    def __init__(self, conn: Conn, pid: int, interval: float) -> None:
+        super().__init__(interval, "blocker-watch")
+        self.conn, self.pid = conn, pid
+        self.latest: list[dict[str, object]] = []
+
+    def sample(self) -> None:
+        found = blockers(self.conn, self.pid)
+        if found:
+            self.latest = found

@@ -29,12 +29,11 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -44,6 +43,7 @@ from runner import execute, history, observe
 from runner.config import Settings, redact
 from runner.discover import Analysis, Migration, analyse, discover
 from runner.errors import ConfigError, DatabaseUnavailable, RunnerError
+from runner.lock import Poller
 from runner.migrate import connect, database_errors, migrate, session_timeouts, table_of
 from runner.plan import make_plan
 
@@ -187,15 +187,14 @@ class Rehearsal:
     locks: dict[str, str]
 
 
-class LockSampler:
+class LockSampler(Poller):
     """Samples, from its own connection, the locks a backend holds: strongest mode per relation."""
 
     def __init__(self, settings: Settings, pid: int) -> None:
+        super().__init__(SAMPLE_INTERVAL_S, "lock-sampler")
         self.conn = connect(settings)
         self.pid = pid
         self.locks: dict[str, str] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="lock-sampler", daemon=True)
 
     def record(self, rows: list[tuple[Any, ...]]) -> None:
         for relation, mode in rows:
@@ -203,20 +202,11 @@ class LockSampler:
             if mode in LOCK_MODES and (current is None or LOCK_MODES.index(mode) > LOCK_MODES.index(current)):
                 self.locks[relation] = mode
 
-    def _run(self) -> None:
-        while not self._stop.wait(SAMPLE_INTERVAL_S):
-            try:
-                self.record(self.conn.execute(LOCKS_OF_PID, [self.pid]).fetchall())
-            except psycopg.Error:
-                return
+    def sample(self) -> None:
+        self.record(self.conn.execute(LOCKS_OF_PID, [self.pid]).fetchall())
 
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
         self.conn.close()
 
 
@@ -269,14 +259,15 @@ def rehearse(settings: Settings, from_url: str, *, schema_only: bool, scratch_ur
             history.ensure(conn, table)
             plan = make_plan(migrations, history.read(conn, table))
             analyses: dict[str, Analysis] = {m.name: analyse(m) for m in plan.pending}
-            report.extend(rehearse_one(conn, scratch, m, analyses[m.name]) for m in plan.pending)
+            session = prepared(conn, scratch)
+            report.extend(rehearse_one(conn, scratch, session, m, analyses[m.name]) for m in plan.pending)
     return report
 
 
-def rehearse_one(conn: Conn, settings: Settings, migration: Migration, analysis: Analysis) -> Rehearsal:
+def rehearse_one(conn: Conn, settings: Settings, session: execute.Timeouts, migration: Migration,
+                 analysis: Analysis) -> Rehearsal:
     started = time.monotonic()
     with LockSampler(settings, conn.info.backend_pid) as sampler:
-        session = prepared(conn, settings)
         outcome = execute.apply(conn, migration, analysis, table_of(settings), session, session, inspect=INSPECT)
         first, last = outcome.inspected or ([], [])
         sampler.record([(relation, mode) for kind, relation, mode in last if kind == "lock"])
