@@ -82,9 +82,13 @@ def ensure(conn: psycopg.Connection[tuple[object, ...]], table: Table) -> bool:
     return True
 
 
-def read(conn: psycopg.Connection[tuple[object, ...]], table: Table) -> list[AppliedRow]:
-    """Every row, one round trip; an absent table reads as empty."""
-    present = columns(conn, table)
+def read(conn: psycopg.Connection[tuple[object, ...]], table: Table, *, ensured: bool = False) -> list[AppliedRow]:
+    """Every row; an absent table reads as empty.
+
+    ``ensured``: the caller has just run ``ensure``, so the table exists with every column and
+    one round trip suffices; otherwise the columns are probed first (two round trips).
+    """
+    present = set(RUNNER_COLUMNS) if ensured else columns(conn, table)
     if present is None:
         return []
     checksum = sql.Identifier("checksum") if "checksum" in present else sql.SQL("NULL")

@@ -89,7 +89,7 @@ def connect(settings: Settings) -> Conn:
             conn.execute(SESSION_SETTINGS)
         except psycopg.Error as exc:
             conn.close()
-            raise DatabaseUnavailable(f"cannot set up the session: {exc}") from None
+            raise DatabaseUnavailable(f"cannot set up the session: {redact(str(exc), settings.secrets)}") from None
         return conn
 
 
@@ -122,7 +122,7 @@ def session_timeouts(settings: Settings) -> Timeouts:
 
 
 def backoff(attempt: int) -> float:
-    """Capped exponential backoff with full jitter: up to 0.5 s, 1 s, 2 s ... 30 s."""
+    """Capped exponential backoff with jitter: 50-100 % of 1 s, 2 s, 4 s ... capped at 30 s."""
     return random.uniform(0.5, 1.0) * min(RETRY_BACKOFF_CAP, 0.5 * 2.0 ** attempt)  # noqa: S311 - jitter
 
 
@@ -266,7 +266,8 @@ def migrate(settings: Settings) -> list[str]:
     applied: list[str] = []
     with locked_session(settings) as session:
         with database_errors("reading history", settings):
-            plan = make_plan(migrations, history.read(session.lock_conn, table_of(settings)), settings.target)
+            rows = history.read(session.lock_conn, table_of(settings), ensured=True)
+            plan = make_plan(migrations, rows, settings.target)
         check_plan(plan, settings)
         analyses = [analyse(m) for m in plan.pending]
         adopt(session.lock_conn, plan, settings)
@@ -358,7 +359,7 @@ def baseline(settings: Settings, version: int) -> list[str]:
         raise ConfigError(f"baseline: no migration file with version {version:03d}")
     with locked_session(settings) as session, database_errors("baseline", settings):
         conn = session.lock_conn
-        recorded = {row.name for row in history.read(conn, table_of(settings))}
+        recorded = {row.name for row in history.read(conn, table_of(settings), ensured=True)}
         clash = sorted(recorded & {m.name for m in migrations})
         if clash:
             raise ValidationError([f"baseline refused: already recorded: {', '.join(clash)}"])
@@ -374,7 +375,7 @@ def repair(settings: Settings) -> None:
     table = table_of(settings)
     with locked_session(settings) as session, database_errors("repair", settings):
         conn = session.lock_conn
-        plan = make_plan(migrations, history.read(conn, table))
+        plan = make_plan(migrations, history.read(conn, table, ensured=True))
         history.set_checksums(conn, table, list(plan.changed))
         for migration in plan.changed:
             logger().warning("checksum_accepted", migration=migration.name, checksum=migration.checksum)

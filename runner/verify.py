@@ -257,7 +257,7 @@ def rehearse(settings: Settings, from_url: str, *, schema_only: bool, scratch_ur
         table = table_of(scratch)
         with connect(scratch) as conn, database_errors("rehearsal", settings):
             history.ensure(conn, table)
-            plan = make_plan(migrations, history.read(conn, table))
+            plan = make_plan(migrations, history.read(conn, table, ensured=True))
             analyses: dict[str, Analysis] = {m.name: analyse(m) for m in plan.pending}
             session = prepared(conn, scratch)
             report.extend(rehearse_one(conn, scratch, session, m, analyses[m.name]) for m in plan.pending)
