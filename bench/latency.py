@@ -50,8 +50,11 @@ def delayed_proxy(target_port: int, one_way_delay_s: float) -> Iterator[int]:
 
     async def handle(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         server_reader, server_writer = await asyncio.open_connection("127.0.0.1", target_port)
-        await asyncio.gather(_pipe(client_reader, server_writer, one_way_delay_s),
-                             _pipe(server_reader, client_writer, one_way_delay_s), return_exceptions=True)
+        await asyncio.gather(
+            _pipe(client_reader, server_writer, one_way_delay_s),
+            _pipe(server_reader, client_writer, one_way_delay_s),
+            return_exceptions=True,
+        )
 
     async def serve() -> None:
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
@@ -70,6 +73,7 @@ def delayed_proxy(target_port: int, one_way_delay_s: float) -> Iterator[int]:
     try:
         yield port[0]
     finally:
+
         def shutdown() -> None:
             for task in asyncio.all_tasks(loop):
                 task.cancel()

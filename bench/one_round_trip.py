@@ -13,8 +13,11 @@ from pathlib import Path
 import psycopg
 
 with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
-    conn.execute("CREATE TABLE IF NOT EXISTS migration_history (id SERIAL PRIMARY KEY,"
-                 " migration_name VARCHAR(255) UNIQUE NOT NULL)")
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS migration_history (id SERIAL PRIMARY KEY,"
+        " migration_name VARCHAR(255) UNIQUE NOT NULL)"
+    )
     for path in sorted(Path(sys.argv[1]).glob("*.sql")):
-        conn.execute(f"BEGIN; {path.read_text()}; INSERT INTO migration_history (migration_name)"
-                     f" VALUES ('{path.name}'); COMMIT")
+        conn.execute(
+            f"BEGIN; {path.read_text()}; INSERT INTO migration_history (migration_name) VALUES ('{path.name}'); COMMIT"
+        )

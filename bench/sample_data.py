@@ -40,15 +40,31 @@ def load(conn: Any, seed: int = 42, tokens: int = 5_000, trades: int = 500_000) 
             for i, mint in enumerate(mints):
                 graduated = rng.random() < 0.02
                 seen = START + dt.timedelta(seconds=born[i])
-                copy.write_row((
-                    mint, f"T{i:04d}", f"Token {i}", f"https://ipfs.io/ipfs/{b58(rng, 46)}", rng.choice(wallets),
-                    "bonding_curve", "amm_pool" if graduated else "bonding_curve", seen,
-                    FIRST_SLOT + int(born[i] * SLOTS_PER_S), Decimal("0.000000028"),
-                    Decimal(f"{rng.uniform(2.8e-8, 4e-7):.18f}"), Decimal(f"{rng.uniform(4_000, 900_000):.2f}"),
-                    b58(rng, 44), Decimal(f"{100 if graduated else rng.uniform(0, 99.9):.3f}"), graduated, graduated,
-                    seen + dt.timedelta(hours=rng.randint(1, 72)) if graduated else None,
-                    1_000_000_000_000_000, 6, rng.choice(["pending", "completed", "failed"]), rng.randint(0, 100),
-                ))
+                copy.write_row(
+                    (
+                        mint,
+                        f"T{i:04d}",
+                        f"Token {i}",
+                        f"https://ipfs.io/ipfs/{b58(rng, 46)}",
+                        rng.choice(wallets),
+                        "bonding_curve",
+                        "amm_pool" if graduated else "bonding_curve",
+                        seen,
+                        FIRST_SLOT + int(born[i] * SLOTS_PER_S),
+                        Decimal("0.000000028"),
+                        Decimal(f"{rng.uniform(2.8e-8, 4e-7):.18f}"),
+                        Decimal(f"{rng.uniform(4_000, 900_000):.2f}"),
+                        b58(rng, 44),
+                        Decimal(f"{100 if graduated else rng.uniform(0, 99.9):.3f}"),
+                        graduated,
+                        graduated,
+                        seen + dt.timedelta(hours=rng.randint(1, 72)) if graduated else None,
+                        1_000_000_000_000_000,
+                        6,
+                        rng.choice(["pending", "completed", "failed"]),
+                        rng.randint(0, 100),
+                    )
+                )
         with cur.copy(
             "COPY trades_unified (id, signature, mint_address, program, trade_type, user_address, sol_amount,"
             " token_amount, price_sol, price_usd, market_cap_usd, virtual_sol_reserves, virtual_token_reserves,"
@@ -59,14 +75,26 @@ def load(conn: Any, seed: int = 42, tokens: int = 5_000, trades: int = 500_000) 
                 offset = born[token] + int(rng.random() ** 2 * (SPAN_S - born[token] - 1))
                 sol = rng.randint(10_000_000, 5_000_000_000)
                 price = rng.uniform(2.8e-8, 4e-7)
-                copy.write_row((
-                    trade_id, b58(rng, 88), mints[token], "bonding_curve",
-                    "buy" if rng.random() < 0.55 else "sell", rng.choice(wallets), sol,
-                    int(sol / 1e9 / price * 1e6), Decimal(f"{price:.18f}"), Decimal(f"{price * 150:.12f}"),
-                    Decimal(f"{price * 150 * 1e9:.2f}"), 30_000_000_000 + sol, 1_073_000_000_000_000 - sol * 1000,
-                    Decimal(f"{rng.uniform(0, 99):.3f}"), FIRST_SLOT + int(offset * SLOTS_PER_S),
-                    START + dt.timedelta(seconds=offset),
-                ))
+                copy.write_row(
+                    (
+                        trade_id,
+                        b58(rng, 88),
+                        mints[token],
+                        "bonding_curve",
+                        "buy" if rng.random() < 0.55 else "sell",
+                        rng.choice(wallets),
+                        sol,
+                        int(sol / 1e9 / price * 1e6),
+                        Decimal(f"{price:.18f}"),
+                        Decimal(f"{price * 150:.12f}"),
+                        Decimal(f"{price * 150 * 1e9:.2f}"),
+                        30_000_000_000 + sol,
+                        1_073_000_000_000_000 - sol * 1000,
+                        Decimal(f"{rng.uniform(0, 99):.3f}"),
+                        FIRST_SLOT + int(offset * SLOTS_PER_S),
+                        START + dt.timedelta(seconds=offset),
+                    )
+                )
         cur.execute("SELECT setval('trades_unified_id_seq', %s)", [trades])
         snapshots = tokens * 4
         with cur.copy(
@@ -77,9 +105,17 @@ def load(conn: Any, seed: int = 42, tokens: int = 5_000, trades: int = 500_000) 
                 token = rng.randrange(tokens)
                 offset = born[token] + rng.randrange(SPAN_S - born[token])
                 price = rng.uniform(2.8e-8, 4e-7)
-                copy.write_row((mints[token], "bonding_curve", Decimal(f"{price:.18f}"),
-                                Decimal(f"{price * 150:.12f}"), Decimal(f"{price * 1.5e11:.2f}"),
-                                FIRST_SLOT + int(offset * SLOTS_PER_S), START + dt.timedelta(seconds=offset)))
+                copy.write_row(
+                    (
+                        mints[token],
+                        "bonding_curve",
+                        Decimal(f"{price:.18f}"),
+                        Decimal(f"{price * 150:.12f}"),
+                        Decimal(f"{price * 1.5e11:.2f}"),
+                        FIRST_SLOT + int(offset * SLOTS_PER_S),
+                        START + dt.timedelta(seconds=offset),
+                    )
+                )
         hours = SPAN_S // 3600
         with cur.copy("COPY sol_prices (price_usd, source, created_at) FROM STDIN") as copy:
             for hour in range(hours):
@@ -91,12 +127,21 @@ def load(conn: Any, seed: int = 42, tokens: int = 5_000, trades: int = 500_000) 
             [mints[:holder_tokens], END],
         )
         cur.execute("SELECT id, mint_address FROM holder_snapshots ORDER BY id")
-        details = [(snapshot, mint, wallets[(snapshot * 7 + rank) % len(wallets)], 10_000 * (11 - rank),
-                    Decimal("10.0"), rank) for snapshot, mint in cur.fetchall() for rank in range(1, 11)]
+        details = [
+            (snapshot, mint, wallets[(snapshot * 7 + rank) % len(wallets)], 10_000 * (11 - rank), Decimal("10.0"), rank)
+            for snapshot, mint in cur.fetchall()
+            for rank in range(1, 11)
+        ]
         cur.executemany(
             "INSERT INTO token_holder_details (snapshot_id, mint_address, wallet_address, balance, percentage, rank)"
             " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
             details,
         )
-    return {"tokens_unified": tokens, "trades_unified": trades, "price_snapshots_unified": snapshots,
-            "sol_prices": hours, "holder_snapshots": holder_tokens, "token_holder_details": len(details)}
+    return {
+        "tokens_unified": tokens,
+        "trades_unified": trades,
+        "price_snapshots_unified": snapshots,
+        "sol_prices": hours,
+        "holder_snapshots": holder_tokens,
+        "token_holder_details": len(details),
+    }

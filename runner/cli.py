@@ -47,9 +47,10 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     Building all options of all commands costs milliseconds at every pod start.
     """
     parser = argparse.ArgumentParser(
-        prog="migration-runner", epilog=EPILOG,
+        prog="migration-runner",
+        epilog=EPILOG,
         description="Apply NNN_description.sql migrations to PostgreSQL, in order, exactly once, "
-                    "under an advisory lock, each in its own transaction with its history row.",
+        "under an advisory lock, each in its own transaction with its history row.",
     )
     parser.add_argument("--version", action="version", version=f"migration-runner {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -61,8 +62,9 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
             variables = ", ".join(option.env)
             default = f"; default {option.default}" if option.default else ""
             if option.flag_only_value:
-                command.add_argument(f"--{option.name}", action="store_true", default=None,
-                                     help=f"{option.help} [{variables}]")
+                command.add_argument(
+                    f"--{option.name}", action="store_true", default=None, help=f"{option.help} [{variables}]"
+                )
             else:
                 command.add_argument(f"--{option.name}", help=f"{option.help} [{variables}{default}]")
         if name == "status":
@@ -120,8 +122,10 @@ def print_status(report: dict[str, object], as_json: bool) -> None:
     assert isinstance(rows, list)
     print(f"{'VERSION':<8} {'STATE':<8} MIGRATION")
     for row in rows:
-        print(f"{row['version'] or '-':<8} {row['state']:<8} {row['migration']}"
-              + (f"  ({row['error']})" if row["error"] else ""))
+        print(
+            f"{row['version'] or '-':<8} {row['state']:<8} {row['migration']}"
+            + (f"  ({row['error']})" if row["error"] else "")
+        )
     print(", ".join(f"{count} {state}" for state, count in report["counts"].items()))  # type: ignore[attr-defined]
 
 
@@ -200,8 +204,13 @@ def run_rehearse(settings: config.Settings) -> None:
 
     if not settings.from_url:
         raise ConfigError("rehearse: --from-url (RUNNER_FROM_URL) is required")
-    report = verify.rehearse(settings, settings.from_url, schema_only=settings.schema_only,
-                             scratch_url=settings.scratch_url, pg_bin=settings.pg_bin)
+    report = verify.rehearse(
+        settings,
+        settings.from_url,
+        schema_only=settings.schema_only,
+        scratch_url=settings.scratch_url,
+        pg_bin=settings.pg_bin,
+    )
     if settings.report_format == "json":
         import json  # noqa: PLC0415
 
@@ -227,16 +236,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"migration-runner: {config.redact(str(exc))}", file=sys.stderr)
         return int(exc.exit_code)
     report_on_stdout = (command == "status" and args.json) or command in REPORT_COMMANDS
-    observe.configure(fmt=settings.log_format, level=settings.log_level,
-                      scrub=lambda text: config.redact(text, settings.secrets),
-                      stream=sys.stderr if report_on_stdout else sys.stdout)
+    observe.configure(
+        fmt=settings.log_format,
+        level=settings.log_level,
+        scrub=lambda text: config.redact(text, settings.secrets),
+        stream=sys.stderr if report_on_stdout else sys.stdout,
+    )
     observe.bind(database=settings.database_label)
     log = observe.logger()
     install_signal_handlers(settings.deadline)
     exit_code = ExitCode.OK
     try:
-        log.info("run_started", command=command, runner_version=__version__,
-                 migrations_dir=str(settings.migrations_dir))
+        log.info(
+            "run_started", command=command, runner_version=__version__, migrations_dir=str(settings.migrations_dir)
+        )
         if command == "migrate":
             configure_metrics(settings)
         run(settings, args)
@@ -245,10 +258,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("migration_aborted", reason=exc.reason)
     except RunnerError as exc:
         exit_code = exc.exit_code
-        detail = {"sqlstate": getattr(exc, "sqlstate", None), "line": getattr(exc, "line", None),
-                  "migration": getattr(exc, "migration", None)}
-        log.error("run_failed", error=str(exc), error_type=type(exc).__name__,
-                  **{key: value for key, value in detail.items() if value is not None})
+        detail = {
+            "sqlstate": getattr(exc, "sqlstate", None),
+            "line": getattr(exc, "line", None),
+            "migration": getattr(exc, "migration", None),
+        }
+        log.error(
+            "run_failed",
+            error=str(exc),
+            error_type=type(exc).__name__,
+            **{key: value for key, value in detail.items() if value is not None},
+        )
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -257,8 +277,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     fields = {}
     if command == "migrate":
         run_metrics = observe.RUN
-        fields = {"applied": run_metrics.applied, "pending": run_metrics.pending,
-                  "lock_wait_ms": round(run_metrics.lock_wait_s * 1000)}
+        fields = {
+            "applied": run_metrics.applied,
+            "pending": run_metrics.pending,
+            "lock_wait_ms": round(run_metrics.lock_wait_s * 1000),
+        }
     log.info("run_finished", command=command, exit_code=int(exit_code), duration_ms=round(duration_s * 1000), **fields)
     if command == "migrate":
         observe.finish(exit_code=int(exit_code), run_duration_s=duration_s)
@@ -287,7 +310,9 @@ def configure_metrics(settings: config.Settings) -> None:
     observe.RUN.job = settings.metrics_job
     observe.RUN.database = settings.database_label
     observe.DELIVERY = observe.Delivery(
-        pushgateway_url=settings.pushgateway_url, metrics_port=settings.metrics_port,
-        metrics_linger_s=settings.metrics_linger, metrics_file=settings.metrics_file,
+        pushgateway_url=settings.pushgateway_url,
+        metrics_port=settings.metrics_port,
+        metrics_linger_s=settings.metrics_linger,
+        metrics_file=settings.metrics_file,
     )
     observe.serve()

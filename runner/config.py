@@ -35,49 +35,100 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("database-url", ("RUNNER_DATABASE_URL", "DATABASE_URL"), None,
-           "libpq URI or key=value string; prefer the variable or a file to a flag"),
-    Option("database-url-file", ("RUNNER_DATABASE_URL_FILE", "DATABASE_URL_FILE"), None,
-           "read the database URL from this file (a mounted Secret)"),
-    Option("migrations-dir", ("RUNNER_MIGRATIONS_DIR", "MIGRATIONS_DIR"), "./migrations",
-           "directory holding NNN_description.sql files"),
-    Option("history-table", ("RUNNER_HISTORY_TABLE",), "migration_history",
-           "history table, optionally schema-qualified (ops.migration_history)"),
-    Option("lock-key", ("RUNNER_LOCK_KEY",), None,
-           "advisory lock key (signed 64-bit); default: derived from database and table"),
-    Option("lock-wait-timeout", ("RUNNER_LOCK_WAIT_TIMEOUT",), "600s",
-           "give up waiting for the advisory lock after this long (exit 4)"),
-    Option("connect-timeout", ("RUNNER_CONNECT_TIMEOUT",), "60s",
-           "keep retrying the first connection this long (exit 5)"),
-    Option("ddl-lock-timeout", ("RUNNER_DDL_LOCK_TIMEOUT",), "5s",
-           "SET LOCAL lock_timeout for each migration transaction"),
-    Option("ddl-lock-retries", ("RUNNER_DDL_LOCK_RETRIES",), "10",
-           "retries of a migration that hit lock_timeout (55P03)"),
-    Option("statement-timeout", ("RUNNER_STATEMENT_TIMEOUT",), "0",
-           "SET LOCAL statement_timeout for each migration; 0 disables"),
-    Option("deadline", ("RUNNER_DEADLINE",), "0",
-           "overall time limit of the run; on expiry behave as on SIGTERM; 0 disables"),
+    Option(
+        "database-url",
+        ("RUNNER_DATABASE_URL", "DATABASE_URL"),
+        None,
+        "libpq URI or key=value string; prefer the variable or a file to a flag",
+    ),
+    Option(
+        "database-url-file",
+        ("RUNNER_DATABASE_URL_FILE", "DATABASE_URL_FILE"),
+        None,
+        "read the database URL from this file (a mounted Secret)",
+    ),
+    Option(
+        "migrations-dir",
+        ("RUNNER_MIGRATIONS_DIR", "MIGRATIONS_DIR"),
+        "./migrations",
+        "directory holding NNN_description.sql files",
+    ),
+    Option(
+        "history-table",
+        ("RUNNER_HISTORY_TABLE",),
+        "migration_history",
+        "history table, optionally schema-qualified (ops.migration_history)",
+    ),
+    Option(
+        "lock-key",
+        ("RUNNER_LOCK_KEY",),
+        None,
+        "advisory lock key (signed 64-bit); default: derived from database and table",
+    ),
+    Option(
+        "lock-wait-timeout",
+        ("RUNNER_LOCK_WAIT_TIMEOUT",),
+        "600s",
+        "give up waiting for the advisory lock after this long (exit 4)",
+    ),
+    Option(
+        "connect-timeout", ("RUNNER_CONNECT_TIMEOUT",), "60s", "keep retrying the first connection this long (exit 5)"
+    ),
+    Option(
+        "ddl-lock-timeout", ("RUNNER_DDL_LOCK_TIMEOUT",), "5s", "SET LOCAL lock_timeout for each migration transaction"
+    ),
+    Option(
+        "ddl-lock-retries", ("RUNNER_DDL_LOCK_RETRIES",), "10", "retries of a migration that hit lock_timeout (55P03)"
+    ),
+    Option(
+        "statement-timeout",
+        ("RUNNER_STATEMENT_TIMEOUT",),
+        "0",
+        "SET LOCAL statement_timeout for each migration; 0 disables",
+    ),
+    Option(
+        "deadline",
+        ("RUNNER_DEADLINE",),
+        "0",
+        "overall time limit of the run; on expiry behave as on SIGTERM; 0 disables",
+    ),
     Option("target", ("RUNNER_TARGET",), None, "migrate: stop after this version"),
-    Option("strict", ("RUNNER_STRICT",), "false",
-           "treat applied migrations with no file as an error (exit 3)", flag_only_value=True),
+    Option(
+        "strict",
+        ("RUNNER_STRICT",),
+        "false",
+        "treat applied migrations with no file as an error (exit 3)",
+        flag_only_value=True,
+    ),
     Option("wait-timeout", ("RUNNER_WAIT_TIMEOUT",), "600s", "wait: give up after this long (exit 6)"),
-    Option("pushgateway-url", ("RUNNER_PUSHGATEWAY_URL",), None,
-           "push metrics to this Pushgateway (when the lock wait starts, and at the end)"),
+    Option(
+        "pushgateway-url",
+        ("RUNNER_PUSHGATEWAY_URL",),
+        None,
+        "push metrics to this Pushgateway (when the lock wait starts, and at the end)",
+    ),
     Option("metrics-job", ("RUNNER_METRICS_JOB",), "migration-runner", "the job label of pushed metrics"),
     Option("metrics-port", ("RUNNER_METRICS_PORT",), None, "serve /metrics on this port while the run lasts"),
-    Option("metrics-linger", ("RUNNER_METRICS_LINGER",), "0",
-           "keep serving /metrics this long after the run ends"),
-    Option("metrics-file", ("RUNNER_METRICS_FILE",), None,
-           "write metrics in the textfile-collector format to this path (atomically)"),
-    Option("scratch-url", ("RUNNER_SCRATCH_URL",), None,
-           "verify/rehearse: server for the scratch database (default: the database URL's server)"),
+    Option("metrics-linger", ("RUNNER_METRICS_LINGER",), "0", "keep serving /metrics this long after the run ends"),
+    Option(
+        "metrics-file",
+        ("RUNNER_METRICS_FILE",),
+        None,
+        "write metrics in the textfile-collector format to this path (atomically)",
+    ),
+    Option(
+        "scratch-url",
+        ("RUNNER_SCRATCH_URL",),
+        None,
+        "verify/rehearse: server for the scratch database (default: the database URL's server)",
+    ),
     Option("from-url", ("RUNNER_FROM_URL",), None, "rehearse: the database to copy (pg_dump)"),
-    Option("schema-only", ("RUNNER_SCHEMA_ONLY",), "false", "rehearse: copy the schema without data",
-           flag_only_value=True),
+    Option(
+        "schema-only", ("RUNNER_SCHEMA_ONLY",), "false", "rehearse: copy the schema without data", flag_only_value=True
+    ),
     Option("pg-bin", ("RUNNER_PG_BIN",), None, "rehearse: directory holding pg_dump and pg_restore"),
     Option("format", ("RUNNER_FORMAT",), "human", "lint/verify/rehearse report: human or json"),
-    Option("log-format", ("RUNNER_LOG_FORMAT",), None,
-           "json or console; default: json unless stdout is a terminal"),
+    Option("log-format", ("RUNNER_LOG_FORMAT",), None, "json or console; default: json unless stdout is a terminal"),
     Option("log-level", ("RUNNER_LOG_LEVEL",), "info", "debug, info, warning or error"),
 )
 
@@ -196,8 +247,9 @@ def passfile_secrets(environ: Mapping[str, str]) -> set[str]:
 @functools.cache
 def secrets_pattern(secrets: frozenset[str]) -> re.Pattern[str] | None:
     """One pattern for every secret and its percent-encoded form, longest first."""
-    forms = {form for secret in secrets if len(secret) >= MIN_SECRET_LENGTH
-             for form in (secret, quote(secret, safe=""))}
+    forms = {
+        form for secret in secrets if len(secret) >= MIN_SECRET_LENGTH for form in (secret, quote(secret, safe=""))
+    }
     return re.compile("|".join(map(re.escape, sorted(forms, key=len, reverse=True)))) if forms else None
 
 

@@ -31,7 +31,10 @@ BOM = b"\xef\xbb\xbf"
 
 # Statements PostgreSQL refuses inside a transaction block (by parse-tree node type).
 NON_TRANSACTIONAL_NODES = {
-    "AlterSystemStmt", "CreatedbStmt", "DropdbStmt", "CreateTableSpaceStmt",
+    "AlterSystemStmt",
+    "CreatedbStmt",
+    "DropdbStmt",
+    "CreateTableSpaceStmt",
     "DropTableSpaceStmt",
 }
 
@@ -110,8 +113,10 @@ def parse_directives(name: str, sql: str) -> tuple[Directives, list[str]]:
             elif key == "allow":
                 problems.append(f'{name}:{line}: allow={value} needs a rule id and reason="why" on the same line')
             elif key != "reason":
-                problems.append(f"{name}:{line}: unknown directive {key + ('=' + value if value else '')!r} "
-                                "(known: no-transaction, lock-timeout=, statement-timeout=, allow= reason=)")
+                problems.append(
+                    f"{name}:{line}: unknown directive {key + ('=' + value if value else '')!r} "
+                    "(known: no-transaction, lock-timeout=, statement-timeout=, allow= reason=)"
+                )
     return Directives(**values, allow=tuple(allowed)), problems  # type: ignore[arg-type]
 
 
@@ -160,8 +165,10 @@ def discover(directory: Path) -> list[Migration]:
         if match:
             by_version.setdefault(int(match.group(1)), []).append(path)
         elif path.suffix.lower() == ".sql":
-            problems.append(f"{path.name}: name must match NNN_description.sql "
-                            "(three digits, lower-case letters, digits, underscores)")
+            problems.append(
+                f"{path.name}: name must match NNN_description.sql "
+                "(three digits, lower-case letters, digits, underscores)"
+            )
     migrations: list[Migration] = []
     for version in sorted(by_version):
         paths = by_version[version]
@@ -221,12 +228,17 @@ def analyse(migration: Migration) -> Analysis:
         line = encoded.count(b"\n", 0, start) + 1
         kind, body = next(iter(raw["stmt"].items()))
         if kind == "TransactionStmt":
-            problems.append(f"{name}:{line}: transaction control ({text.split()[0].upper()}) is not "
-                            "allowed: the runner wraps each migration in its own transaction")
+            problems.append(
+                f"{name}:{line}: transaction control ({text.split()[0].upper()}) is not "
+                "allowed: the runner wraps each migration in its own transaction"
+            )
             continue
         is_cic = kind == "IndexStmt" and bool(body.get("concurrent"))
-        statements.append(Statement(text, line, not _non_transactional(kind, body),
-                                    body.get("idxname") if is_cic else None, raw["stmt"]))
+        statements.append(
+            Statement(
+                text, line, not _non_transactional(kind, body), body.get("idxname") if is_cic else None, raw["stmt"]
+            )
+        )
     if not statements and not problems:
         problems.append(f"{name}: has no SQL statement (only comments)")
     if problems:

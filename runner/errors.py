@@ -67,7 +67,12 @@ class MigrationFailed(RunnerError):
     """One migration failed and was rolled back; ``applied`` lists what this run committed."""
 
     def __init__(
-        self, migration: str, message: str, *, sqlstate: str | None, line: int | None,
+        self,
+        migration: str,
+        message: str,
+        *,
+        sqlstate: str | None,
+        line: int | None,
         applied: tuple[str, ...] = (),
     ) -> None:
         where = f" (line {line})" if line is not None else ""

@@ -63,8 +63,11 @@ def failure_line(statement: Statement | None, offset: int | None) -> int | None:
 
 def set_session_timeouts(conn: Conn, timeouts: Timeouts) -> None:
     """Make ``timeouts`` the work connection's defaults (one round trip per connection)."""
-    conn.execute(sql.SQL("SELECT set_config('lock_timeout', {}, false), set_config('statement_timeout', {}, false)")
-                 .format(timeouts.lock, timeouts.statement))
+    conn.execute(
+        sql.SQL("SELECT set_config('lock_timeout', {}, false), set_config('statement_timeout', {}, false)").format(
+            timeouts.lock, timeouts.statement
+        )
+    )
 
 
 def connection_lost(error: psycopg.Error) -> bool:
@@ -73,8 +76,9 @@ def connection_lost(error: psycopg.Error) -> bool:
     return state is None or state.startswith("08") or state in SERVER_GONE_SQLSTATES
 
 
-def as_runner_error(migration: Migration, statement: Statement | None, error: psycopg.Error,
-                    offset: int | None = None) -> Exception:
+def as_runner_error(
+    migration: Migration, statement: Statement | None, error: psycopg.Error, offset: int | None = None
+) -> Exception:
     """The runner's error for a server error raised by ``statement`` of ``migration``.
 
     ``offset`` is the error's 0-based position inside the statement's text, when known.
@@ -107,10 +111,15 @@ class Outcome:
 
 def local_overrides(conn: Conn, timeouts: Timeouts, session: Timeouts) -> list[str]:
     """``SET LOCAL`` statements for the values in which this migration differs from the session."""
-    overrides = {"lock_timeout": (timeouts.lock, session.lock),
-                 "statement_timeout": (timeouts.statement, session.statement)}
-    return [sql.SQL("SET LOCAL {} = {}").format(sql.Identifier(name), mine).as_string(conn)
-            for name, (mine, default) in overrides.items() if mine != default]
+    overrides = {
+        "lock_timeout": (timeouts.lock, session.lock),
+        "statement_timeout": (timeouts.statement, session.statement),
+    }
+    return [
+        sql.SQL("SET LOCAL {} = {}").format(sql.Identifier(name), mine).as_string(conn)
+        for name, (mine, default) in overrides.items()
+        if mine != default
+    ]
 
 
 def locate(conn: Conn, analysis: Analysis, prefix: list[str], failed: psycopg.Error) -> Statement | None:
@@ -136,11 +145,23 @@ def locate(conn: Conn, analysis: Analysis, prefix: list[str], failed: psycopg.Er
     return culprit
 
 
-def apply_transactional(conn: Conn, migration: Migration, analysis: Analysis, table: history.Table,
-                        timeouts: Timeouts, session: Timeouts, inspect: str | None) -> Outcome:
+def apply_transactional(
+    conn: Conn,
+    migration: Migration,
+    analysis: Analysis,
+    table: history.Table,
+    timeouts: Timeouts,
+    session: Timeouts,
+    inspect: str | None,
+) -> Outcome:
     prefix = ["BEGIN", *local_overrides(conn, timeouts, session), *([inspect] if inspect else [])]
-    parts = [*prefix, *(s.text for s in analysis.statements), *([inspect] if inspect else []),
-             history.success_statement(table, migration).as_string(conn), "COMMIT"]
+    parts = [
+        *prefix,
+        *(s.text for s in analysis.statements),
+        *([inspect] if inspect else []),
+        history.success_statement(table, migration).as_string(conn),
+        "COMMIT",
+    ]
     separator = ";\n"
     starts, offset = [], 0
     for part in parts:
@@ -161,8 +182,11 @@ def apply_transactional(conn: Conn, migration: Migration, analysis: Analysis, ta
         if isinstance(error, DatabaseUnavailable):
             raise error from exc
         rollback(conn)
-        replay = statement is None and time.monotonic() - started < LOCATE_MAX_S and not (
-            exc.sqlstate or "").startswith(NOT_REPLAYED_CLASSES)
+        replay = (
+            statement is None
+            and time.monotonic() - started < LOCATE_MAX_S
+            and not (exc.sqlstate or "").startswith(NOT_REPLAYED_CLASSES)
+        )
         if replay and (statement := locate(conn, analysis, prefix, exc)) is not None:
             error = as_runner_error(migration, statement, exc)
         raise error from exc
@@ -171,7 +195,7 @@ def apply_transactional(conn: Conn, migration: Migration, analysis: Analysis, ta
         results.append((cursor.rowcount, cursor.fetchall() if cursor.description else None))
         if not cursor.nextset():
             break
-    file_results = results[len(prefix):len(prefix) + len(analysis.statements)]
+    file_results = results[len(prefix) : len(prefix) + len(analysis.statements)]
     touched = sum(max(count, 0) for count, _ in file_results)
     if not inspect:
         return Outcome(touched)
@@ -181,13 +205,18 @@ def apply_transactional(conn: Conn, migration: Migration, analysis: Analysis, ta
 
 def drop_invalid_index(conn: Conn, migration: Migration, name: str) -> None:
     for (qualified,) in conn.execute(INVALID_INDEX_SQL, [name]).fetchall():
-        logger().warning("invalid_index_dropped", migration=migration.name, index=qualified,
-                         reason="left INVALID by an earlier failed CREATE INDEX CONCURRENTLY")
+        logger().warning(
+            "invalid_index_dropped",
+            migration=migration.name,
+            index=qualified,
+            reason="left INVALID by an earlier failed CREATE INDEX CONCURRENTLY",
+        )
         conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.SQL(qualified)))
 
 
-def apply_autocommit(conn: Conn, migration: Migration, analysis: Analysis,
-                     table: history.Table, timeouts: Timeouts, session: Timeouts) -> Outcome:
+def apply_autocommit(
+    conn: Conn, migration: Migration, analysis: Analysis, table: history.Table, timeouts: Timeouts, session: Timeouts
+) -> Outcome:
     started = time.monotonic()
     statement: Statement | None = None
     touched = 0
@@ -199,11 +228,16 @@ def apply_autocommit(conn: Conn, migration: Migration, analysis: Analysis,
                 drop_invalid_index(conn, migration, statement.concurrent_index)
             touched += max(conn.execute(statement.text).rowcount, 0)
         statement = None
-        invalid = [row[0] for s in analysis.statements if s.concurrent_index
-                   for row in conn.execute(INVALID_INDEX_SQL, [s.concurrent_index]).fetchall()]
+        invalid = [
+            row[0]
+            for s in analysis.statements
+            if s.concurrent_index
+            for row in conn.execute(INVALID_INDEX_SQL, [s.concurrent_index]).fetchall()
+        ]
         if invalid:
-            raise MigrationFailed(migration.name, f"index {', '.join(invalid)} is INVALID after the migration",
-                                  sqlstate=None, line=None)
+            raise MigrationFailed(
+                migration.name, f"index {', '.join(invalid)} is INVALID after the migration", sqlstate=None, line=None
+            )
         elapsed_ms = round((time.monotonic() - started) * 1000)
         conn.execute(history.success_statement(table, migration, elapsed_ms))
     except psycopg.Error as exc:
@@ -215,8 +249,15 @@ def apply_autocommit(conn: Conn, migration: Migration, analysis: Analysis,
     return Outcome(touched)
 
 
-def apply(conn: Conn, migration: Migration, analysis: Analysis, table: history.Table, timeouts: Timeouts,
-          session: Timeouts, inspect: str | None = None) -> Outcome:
+def apply(
+    conn: Conn,
+    migration: Migration,
+    analysis: Analysis,
+    table: history.Table,
+    timeouts: Timeouts,
+    session: Timeouts,
+    inspect: str | None = None,
+) -> Outcome:
     """Apply ``migration`` with ``timeouts`` and record it; raises a ``RunnerError`` on failure.
 
     ``session`` holds the timeouts the connection already has (``set_session_timeouts``).

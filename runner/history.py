@@ -73,7 +73,8 @@ def ensure(conn: psycopg.Connection[tuple[object, ...]], table: Table) -> bool:
     statements.append(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(table.ident, sql.SQL(SEED_COLUMNS)))
     statements += [
         sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
-            table.ident, sql.Identifier(column), sql.SQL(kind))
+            table.ident, sql.Identifier(column), sql.SQL(kind)
+        )
         for column, kind in RUNNER_COLUMNS.items()
     ]
     with conn.transaction():
@@ -93,9 +94,12 @@ def read(conn: psycopg.Connection[tuple[object, ...]], table: Table, *, ensured:
         return []
     checksum = sql.Identifier("checksum") if "checksum" in present else sql.SQL("NULL")
     query = sql.SQL("SELECT migration_name, {}, coalesce(success, true), error_message FROM {}").format(
-        checksum, table.ident)
-    return [AppliedRow(str(name), checksum_, bool(success), error)  # type: ignore[arg-type]
-            for name, checksum_, success, error in conn.execute(query).fetchall()]
+        checksum, table.ident
+    )
+    return [
+        AppliedRow(str(name), checksum_, bool(success), error)  # type: ignore[arg-type]
+        for name, checksum_, success, error in conn.execute(query).fetchall()
+    ]
 
 
 def success_statement(table: Table, migration: Migration, elapsed_ms: int | None = None) -> sql.Composed:
@@ -110,12 +114,22 @@ def success_statement(table: Table, migration: Migration, elapsed_ms: int | None
         " ON CONFLICT (migration_name) DO UPDATE SET applied_at = CURRENT_TIMESTAMP,"
         " applied_by = CURRENT_USER, execution_time_ms = EXCLUDED.execution_time_ms, success = true,"
         " error_message = NULL, checksum = EXCLUDED.checksum, runner_version = EXCLUDED.runner_version"
-    ).format(table=table.ident, name=sql.Literal(migration.name), elapsed=elapsed,
-             checksum=sql.Literal(migration.checksum), version=sql.Literal(__version__))
+    ).format(
+        table=table.ident,
+        name=sql.Literal(migration.name),
+        elapsed=elapsed,
+        checksum=sql.Literal(migration.checksum),
+        version=sql.Literal(__version__),
+    )
 
 
-def record_failure(conn: psycopg.Connection[tuple[object, ...]], table: Table, migration: Migration,
-                   error_message: str, elapsed_ms: int) -> None:
+def record_failure(
+    conn: psycopg.Connection[tuple[object, ...]],
+    table: Table,
+    migration: Migration,
+    error_message: str,
+    elapsed_ms: int,
+) -> None:
     """Record a failed attempt in its own transaction; never overwrites a success."""
     with conn.transaction():
         conn.execute(

@@ -23,37 +23,80 @@ from runner.errors import ValidationError
 RULES: dict[str, tuple[str, str]] = {
     # id: (severity, fix hint)
     "structure": ("error", "the runner owns transactions; remove BEGIN/COMMIT and psql meta-commands"),
-    "header": ("error", ("start the file with the template: -- Migration: / -- Author: / -- Date: YYYY-MM-DD / "
-                        "-- Description: (migration-runner new NAME writes it)")),
+    "header": (
+        "error",
+        (
+            "start the file with the template: -- Migration: / -- Author: / -- Date: YYYY-MM-DD / "
+            "-- Description: (migration-runner new NAME writes it)"
+        ),
+    ),
     "create-not-idempotent": ("error", "add IF NOT EXISTS"),
     "add-column-not-idempotent": ("error", "use ADD COLUMN IF NOT EXISTS"),
     "drop-not-idempotent": ("error", "add IF EXISTS"),
     "replace-missing": ("error", "use CREATE OR REPLACE"),
-    "add-constraint-unguarded": ("error", ("wrap it: DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_constraint"
-                                          " WHERE conname = '...' AND conrelid = 'tbl'::regclass) THEN"
-                                          " ALTER TABLE ... END IF; END $$")),
-    "index-not-concurrent": ("error", ("on an existing table use CREATE INDEX CONCURRENTLY IF NOT EXISTS "
-                                      "(the file then runs outside a transaction)")),
-    "drop-column": ("error", ("breaks the running release: stop using the column in one release, drop it in a later "
-                             'one (allow=drop-column reason="phase 2 of ...")')),
+    "add-constraint-unguarded": (
+        "error",
+        (
+            "wrap it: DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_constraint"
+            " WHERE conname = '...' AND conrelid = 'tbl'::regclass) THEN"
+            " ALTER TABLE ... END IF; END $$"
+        ),
+    ),
+    "index-not-concurrent": (
+        "error",
+        ("on an existing table use CREATE INDEX CONCURRENTLY IF NOT EXISTS (the file then runs outside a transaction)"),
+    ),
+    "drop-column": (
+        "error",
+        (
+            "breaks the running release: stop using the column in one release, drop it in a later "
+            'one (allow=drop-column reason="phase 2 of ...")'
+        ),
+    ),
     "rename-column": ("error", "breaks the running release: add the new column, backfill, switch readers, drop later"),
     "rename-table": ("error", "breaks the running release: create the new table or a view, migrate, drop later"),
     "mixed-schema-data": ("error", "move INSERT/UPDATE/DELETE into a data migration of its own"),
     "constraint-validates": ("error", "add it NOT VALID, then VALIDATE CONSTRAINT in a later migration"),
-    "column-type-rewrite": ("warning", ("ALTER COLUMN TYPE rewrites the table under ACCESS EXCLUSIVE: add a new "
-                                       "column and backfill instead")),
-    "set-not-null-scan": ("warning", ("SET NOT NULL scans the table under ACCESS EXCLUSIVE: add a CHECK (col IS NOT "
-                                     "NULL) NOT VALID constraint, validate it, then SET NOT NULL")),
+    "column-type-rewrite": (
+        "warning",
+        ("ALTER COLUMN TYPE rewrites the table under ACCESS EXCLUSIVE: add a new column and backfill instead"),
+    ),
+    "set-not-null-scan": (
+        "warning",
+        (
+            "SET NOT NULL scans the table under ACCESS EXCLUSIVE: add a CHECK (col IS NOT "
+            "NULL) NOT VALID constraint, validate it, then SET NOT NULL"
+        ),
+    ),
 }
 HEADER_FIELDS = ("Migration", "Author", "Date", "Description")
 HEADER_LINE = re.compile(r"^--\s*(Migration|Author|Date|Description):\s*(.*)$", re.MULTILINE)
 DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-DDL_NODES = {"CreateStmt", "IndexStmt", "AlterTableStmt", "DropStmt", "RenameStmt", "CreateSeqStmt",
-             "CreateSchemaStmt", "CreateExtensionStmt", "CreateFunctionStmt", "ViewStmt", "CreateTrigStmt",
-             "AlterEnumStmt", "CreateEnumStmt", "CompositeTypeStmt", "AlterSeqStmt"}
+DDL_NODES = {
+    "CreateStmt",
+    "IndexStmt",
+    "AlterTableStmt",
+    "DropStmt",
+    "RenameStmt",
+    "CreateSeqStmt",
+    "CreateSchemaStmt",
+    "CreateExtensionStmt",
+    "CreateFunctionStmt",
+    "ViewStmt",
+    "CreateTrigStmt",
+    "AlterEnumStmt",
+    "CreateEnumStmt",
+    "CompositeTypeStmt",
+    "AlterSeqStmt",
+}
 DML_NODES = {"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"}
-CREATE_NODES = {"CreateStmt": "TABLE", "IndexStmt": "INDEX", "CreateSeqStmt": "SEQUENCE",
-                "CreateSchemaStmt": "SCHEMA", "CreateExtensionStmt": "EXTENSION"}
+CREATE_NODES = {
+    "CreateStmt": "TABLE",
+    "IndexStmt": "INDEX",
+    "CreateSeqStmt": "SEQUENCE",
+    "CreateSchemaStmt": "SCHEMA",
+    "CreateExtensionStmt": "EXTENSION",
+}
 REPLACE_NODES = {"CreateFunctionStmt": "FUNCTION/PROCEDURE", "ViewStmt": "VIEW", "CreateTrigStmt": "TRIGGER"}
 
 
@@ -69,8 +112,14 @@ class Finding:
     hint: str
 
     def as_dict(self) -> dict[str, object]:
-        return {"rule": self.rule, "severity": self.severity, "file": self.file, "line": self.line,
-                "message": self.message, "hint": self.hint}
+        return {
+            "rule": self.rule,
+            "severity": self.severity,
+            "file": self.file,
+            "line": self.line,
+            "message": self.message,
+            "hint": self.hint,
+        }
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}: {self.severity} {self.rule}: {self.message} (hint: {self.hint})"
@@ -128,13 +177,21 @@ def alter_findings(cmd: dict[str, Any], table: str | None, *, existing: bool) ->
             found.append(("drop-not-idempotent", "DROP COLUMN without IF EXISTS"))
     elif subtype == "AT_AddConstraint":
         constraint = cmd.get("def", {}).get("Constraint", {})
-        found.append(("add-constraint-unguarded", (f"ADD CONSTRAINT {constraint.get('conname', '')} on {table}"
-                                                  " outside a guard")))
+        found.append(
+            ("add-constraint-unguarded", (f"ADD CONSTRAINT {constraint.get('conname', '')} on {table} outside a guard"))
+        )
         contype = constraint.get("contype", "")
         validates = not constraint.get("skip_validation")
         if existing and validates and contype in {"CONSTR_CHECK", "CONSTR_FOREIGN"}:
-            found.append(("constraint-validates", (f"{contype.removeprefix('CONSTR_')} constraint on existing table"
-                                                  f" {table} validates every row under lock")))
+            found.append(
+                (
+                    "constraint-validates",
+                    (
+                        f"{contype.removeprefix('CONSTR_')} constraint on existing table"
+                        f" {table} validates every row under lock"
+                    ),
+                )
+            )
     elif subtype == "AT_AlterColumnType" and existing:
         found.append(("column-type-rewrite", f"ALTER COLUMN {cmd.get('name', '')} TYPE on {table}"))
     elif subtype == "AT_SetNotNull" and existing:
@@ -169,13 +226,31 @@ def lint_migration(migration: Migration) -> list[Finding]:
     has_ddl = next((s for s in statements if kind(s.node) in DDL_NODES), None)
     has_dml = next((s for s in statements if kind(s.node) in DML_NODES), None)
     if has_ddl and has_dml:
-        raw.append(("mixed-schema-data", f"{kind(has_dml.node).removesuffix('Stmt').upper()} beside DDL in one file",
-                    has_dml.line))
+        raw.append(
+            (
+                "mixed-schema-data",
+                f"{kind(has_dml.node).removesuffix('Stmt').upper()} beside DDL in one file",
+                has_dml.line,
+            )
+        )
     waived = dict(migration.directives.allow)
-    findings = [Finding(rule, RULES[rule][0], migration.name, line, message, RULES[rule][1])
-                for rule, message, line in raw if rule not in waived]
-    findings += [Finding("structure", "error", migration.name, 1, f"allow={rule} names no lint rule",
-                         "known rules: " + ", ".join(RULES)) for rule in waived if rule not in RULES]
+    findings = [
+        Finding(rule, RULES[rule][0], migration.name, line, message, RULES[rule][1])
+        for rule, message, line in raw
+        if rule not in waived
+    ]
+    findings += [
+        Finding(
+            "structure",
+            "error",
+            migration.name,
+            1,
+            f"allow={rule} names no lint rule",
+            "known rules: " + ", ".join(RULES),
+        )
+        for rule in waived
+        if rule not in RULES
+    ]
     return sorted(findings, key=lambda f: (f.file, f.line, f.rule))
 
 
@@ -185,8 +260,10 @@ def lint_paths(paths: list[Path]) -> list[Finding]:
     for path in paths:
         match = MIGRATION_NAME.match(path.name)
         migration, problems = read_migration(path.parent, path, int(match.group(1)) if match else 0)
-        findings += [Finding("structure", "error", path.name, 1, problem.partition(": ")[2] or problem,
-                             RULES["structure"][1]) for problem in problems]
+        findings += [
+            Finding("structure", "error", path.name, 1, problem.partition(": ")[2] or problem, RULES["structure"][1])
+            for problem in problems
+        ]
         if migration is not None:
             findings += lint_migration(migration)
     return findings

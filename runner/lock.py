@@ -83,8 +83,12 @@ def check_backend(conn: Conn, pid: int) -> None:
 
 @contextmanager
 def advisory_lock(
-    conn: Conn, key: int, timeout: float, on_wait: Callable[[float], None] = lambda _started: None,
-    *, quiet: bool = False,
+    conn: Conn,
+    key: int,
+    timeout: float,
+    on_wait: Callable[[float], None] = lambda _started: None,
+    *,
+    quiet: bool = False,
 ) -> Iterator[float]:
     """Hold ``key`` for the block; yields the seconds spent waiting for it.
 
@@ -105,12 +109,13 @@ def advisory_lock(
             waiting = True
             on_wait(time.time())
         if now - started >= timeout:
-            raise LockTimeout(f"advisory lock {key} not acquired within {timeout:g}s; held by "
-                              f"{holders(conn, key) or 'a session that just released it'}")
+            raise LockTimeout(
+                f"advisory lock {key} not acquired within {timeout:g}s; held by "
+                f"{holders(conn, key) or 'a session that just released it'}"
+            )
         if now - last_report >= HOLDER_LOG_INTERVAL:
             last_report = now
-            log.info("lock_waiting", lock_key=key, waited_ms=round((now - started) * 1000),
-                     holders=holders(conn, key))
+            log.info("lock_waiting", lock_key=key, waited_ms=round((now - started) * 1000), holders=holders(conn, key))
         time.sleep(min(random.uniform(*POLL_INTERVAL), max(0.0, timeout - (now - started))))  # noqa: S311 - jitter, not crypto
     waited = time.monotonic() - started
     if not quiet or waiting:
@@ -124,8 +129,12 @@ def advisory_lock(
                 if not quiet:
                     log.info("lock_released", lock_key=key, released=bool(row and row[0]))
             except psycopg.Error as exc:
-                log.warning("lock_release_failed", lock_key=key, error=str(exc),
-                            note="the server releases it when the session ends")
+                log.warning(
+                    "lock_release_failed",
+                    lock_key=key,
+                    error=str(exc),
+                    note="the server releases it when the session ends",
+                )
 
 
 class Poller:

@@ -69,10 +69,14 @@ def connect(settings: Settings) -> Conn:
         remaining = deadline - time.monotonic()
         try:
             conn: Conn = psycopg.connect(
-                settings.database_url or "", autocommit=True,
+                settings.database_url or "",
+                autocommit=True,
                 application_name=settings.application_name,
                 connect_timeout=max(2, min(10, round(remaining))),
-                keepalives=1, keepalives_idle=10, keepalives_interval=3, keepalives_count=3,
+                keepalives=1,
+                keepalives_idle=10,
+                keepalives_interval=3,
+                keepalives_count=3,
                 tcp_user_timeout=20000,
             )
         except psycopg.ProgrammingError as exc:
@@ -106,8 +110,11 @@ def database_errors(what: str, settings: Settings) -> Iterator[None]:
 def check_plan(plan: Plan, settings: Settings) -> None:
     log = logger()
     for row in plan.unknown:
-        log.warning("migration_unknown", migration=row.name,
-                    note="applied in the database but not in this directory (newer release?)")
+        log.warning(
+            "migration_unknown",
+            migration=row.name,
+            note="applied in the database but not in this directory (newer release?)",
+        )
     problems = plan.blocking_problems(strict=settings.strict)
     if problems:
         raise ValidationError(problems)
@@ -117,13 +124,14 @@ def session_timeouts(settings: Settings) -> Timeouts:
     """The work connection's default lock and statement timeouts, as PostgreSQL values."""
     from runner.execute import Timeouts  # noqa: PLC0415 - loaded with the executor only
 
-    return Timeouts(lock=f"{round(settings.ddl_lock_timeout * 1000)}ms",
-                    statement=f"{round(settings.statement_timeout * 1000)}ms")
+    return Timeouts(
+        lock=f"{round(settings.ddl_lock_timeout * 1000)}ms", statement=f"{round(settings.statement_timeout * 1000)}ms"
+    )
 
 
 def backoff(attempt: int) -> float:
     """Capped exponential backoff with jitter: 50-100 % of 1 s, 2 s, 4 s ... capped at 30 s."""
-    return random.uniform(0.5, 1.0) * min(RETRY_BACKOFF_CAP, 0.5 * 2.0 ** attempt)  # noqa: S311 - jitter
+    return random.uniform(0.5, 1.0) * min(RETRY_BACKOFF_CAP, 0.5 * 2.0**attempt)  # noqa: S311 - jitter
 
 
 def error_text(exc: MigrationFailed) -> str:
@@ -132,8 +140,16 @@ def error_text(exc: MigrationFailed) -> str:
     return f"{state}{exc.message}{where}"
 
 
-def fail(conn: Conn, table: history.Table, migration: Migration, fields: dict[str, str], message: str,
-         started: float, sqlstate: str | None, line: int | None) -> None:
+def fail(
+    conn: Conn,
+    table: history.Table,
+    migration: Migration,
+    fields: dict[str, str],
+    message: str,
+    started: float,
+    sqlstate: str | None,
+    line: int | None,
+) -> None:
     """Log ``migration_failed`` and record the failure row; best effort, never masks the error."""
     from runner import execute  # noqa: PLC0415
 
@@ -146,21 +162,26 @@ def fail(conn: Conn, table: history.Table, migration: Migration, fields: dict[st
         logger().warning("failure_row_not_written", migration=migration.name, error=str(exc))
 
 
-def apply_one(conn: Conn, watch: BlockerWatch, migration: Migration, analysis: Analysis,
-              settings: Settings) -> int:
+def apply_one(conn: Conn, watch: BlockerWatch, migration: Migration, analysis: Analysis, settings: Settings) -> int:
     """Apply ``migration`` with lock-timeout retries; returns its duration in ms."""
     from runner import execute  # noqa: PLC0415 - a no-op run (every pod start) never needs it
+
     log = logger()
     table = table_of(settings)
     fields = {"migration": migration.name, "version": f"{migration.version:03d}", "checksum": migration.checksum}
     if not analysis.transactional:
         mixed = any(s.transactional for s in analysis.statements)
-        log.warning("migration_not_atomic" if mixed else "migration_autocommit", **fields,
-                    note="runs statement by statement in autocommit" + (
-                        "; a failure leaves earlier statements applied" if mixed else ""))
+        log.warning(
+            "migration_not_atomic" if mixed else "migration_autocommit",
+            **fields,
+            note="runs statement by statement in autocommit"
+            + ("; a failure leaves earlier statements applied" if mixed else ""),
+        )
     session = session_timeouts(settings)
-    timeouts = execute.Timeouts(lock=migration.directives.lock_timeout or session.lock,
-                                statement=migration.directives.statement_timeout or session.statement)
+    timeouts = execute.Timeouts(
+        lock=migration.directives.lock_timeout or session.lock,
+        statement=migration.directives.statement_timeout or session.statement,
+    )
     attempt = 0
     while True:
         log.info("migration_started", **fields, attempt=attempt + 1)
@@ -172,8 +193,15 @@ def apply_one(conn: Conn, watch: BlockerWatch, migration: Migration, analysis: A
             if attempt < settings.ddl_lock_retries:
                 attempt += 1
                 pause = backoff(attempt)
-                log.warning("ddl_lock_retry", **fields, attempt=attempt, retry_in_s=round(pause, 2),
-                            blockers=watch.latest, sqlstate=exc.sqlstate, line=exc.line)
+                log.warning(
+                    "ddl_lock_retry",
+                    **fields,
+                    attempt=attempt,
+                    retry_in_s=round(pause, 2),
+                    blockers=watch.latest,
+                    sqlstate=exc.sqlstate,
+                    line=exc.line,
+                )
                 time.sleep(pause)
                 continue
             message = f"{error_text(exc)} after {attempt} retries"
@@ -237,8 +265,9 @@ def locked_session(settings: Settings) -> Iterator[Session]:
             key = derive_key(lock_conn.info.dbname, table.qualified)
         session = Session(settings, lock_conn, key, deadline, stack)
         with database_errors("advisory lock", settings):
-            waited = stack.enter_context(advisory_lock(
-                lock_conn, key, settings.lock_wait_timeout, on_wait=observe.lock_wait_started))
+            waited = stack.enter_context(
+                advisory_lock(lock_conn, key, settings.lock_wait_timeout, on_wait=observe.lock_wait_started)
+            )
             observe.lock_acquired(waited)
             with advisory_lock(lock_conn, fence_key(key), session.remaining(), quiet=True):
                 pass
@@ -253,8 +282,12 @@ def adopt(conn: Conn, plan: Plan, settings: Settings) -> None:
         with database_errors("adopting history rows", settings):
             history.set_checksums(conn, table_of(settings), list(plan.adopted))
         for migration in plan.adopted:
-            logger().info("migration_adopted", migration=migration.name, checksum=migration.checksum,
-                          note="recorded without a checksum (seed-format table); checksum filled in")
+            logger().info(
+                "migration_adopted",
+                migration=migration.name,
+                checksum=migration.checksum,
+                note="recorded without a checksum (seed-format table); checksum filled in",
+            )
 
 
 def migrate(settings: Settings) -> list[str]:
@@ -272,8 +305,12 @@ def migrate(settings: Settings) -> list[str]:
         analyses = [analyse(m) for m in plan.pending]
         adopt(session.lock_conn, plan, settings)
         observe.RUN.pending = len(plan.pending)
-        logger().info("plan_ready", pending=len(plan.pending), applied=len(plan.applied),
-                      failed_before=[row.name for row in plan.failed])
+        logger().info(
+            "plan_ready",
+            pending=len(plan.pending),
+            applied=len(plan.applied),
+            failed_before=[row.name for row in plan.failed],
+        )
         for migration, analysis in zip(plan.pending, analyses, strict=True):
             try:
                 duration_ms = apply_one(*session.work(), migration, analysis, settings)
@@ -308,12 +345,23 @@ def status(settings: Settings) -> dict[str, object]:
             return "applied"
         return "failed" if m.name in failed else "pending"
 
-    rows = [{"version": f"{m.version:03d}", "migration": m.name, "state": state(m),
-             "checksum": m.checksum, "error": failed.get(m.name)} for m in migrations]
-    rows += [{"version": None, "migration": row.name, "state": "unknown", "checksum": row.checksum,
-              "error": None} for row in plan.unknown]
-    counts = {s: sum(1 for r in rows if r["state"] == s)
-              for s in ("applied", "pending", "failed", "changed", "unknown")}
+    rows = [
+        {
+            "version": f"{m.version:03d}",
+            "migration": m.name,
+            "state": state(m),
+            "checksum": m.checksum,
+            "error": failed.get(m.name),
+        }
+        for m in migrations
+    ]
+    rows += [
+        {"version": None, "migration": row.name, "state": "unknown", "checksum": row.checksum, "error": None}
+        for row in plan.unknown
+    ]
+    counts = {
+        s: sum(1 for r in rows if r["state"] == s) for s in ("applied", "pending", "failed", "changed", "unknown")
+    }
     return {"runner_version": __version__, "counts": counts, "migrations": rows}
 
 

@@ -120,8 +120,9 @@ class RunMetrics:
             if value is not None and (only is None or name in only):
                 families.append(GaugeMetricFamily(f"{PREFIX}{name}", METRIC_HELP[name], value=value))
         if self.durations_s and (only is None or "migration_duration_seconds" in only):
-            durations = GaugeMetricFamily(f"{PREFIX}migration_duration_seconds",
-                                          METRIC_HELP["migration_duration_seconds"], labels=["version"])
+            durations = GaugeMetricFamily(
+                f"{PREFIX}migration_duration_seconds", METRIC_HELP["migration_duration_seconds"], labels=["version"]
+            )
             for version, seconds in sorted(self.durations_s.items()):
                 durations.add_metric([version], seconds)
             families.append(durations)
@@ -184,8 +185,13 @@ def push(phase: str, only: frozenset[str] | None = None) -> None:
     from prometheus_client import pushadd_to_gateway  # noqa: PLC0415
 
     try:
-        pushadd_to_gateway(DELIVERY.pushgateway_url, job=RUN.job, grouping_key={"database": RUN.database},
-                           registry=registry(only), timeout=DELIVERY.push_timeout_s)
+        pushadd_to_gateway(
+            DELIVERY.pushgateway_url,
+            job=RUN.job,
+            grouping_key={"database": RUN.database},
+            registry=registry(only),
+            timeout=DELIVERY.push_timeout_s,
+        )
     except Exception as exc:  # noqa: BLE001 - a monitoring outage must never fail a migration
         logger().warning("metrics_push_failed", phase=phase, error=str(exc))
 

@@ -45,13 +45,12 @@ class Plan:
     unknown: tuple[AppliedRow, ...]
 
     def blocking_problems(self, *, strict: bool) -> list[str]:
-        problems = [f"{m.name}: checksum changed since it was applied (run `repair` to accept it)"
-                    for m in self.changed]
-        problems += [f"{m.name}: pending but numbered below the highest applied migration"
-                     for m in self.out_of_order]
+        problems = [
+            f"{m.name}: checksum changed since it was applied (run `repair` to accept it)" for m in self.changed
+        ]
+        problems += [f"{m.name}: pending but numbered below the highest applied migration" for m in self.out_of_order]
         if strict:
-            problems += [f"{row.name}: applied in the database but no such file (--strict)"
-                         for row in self.unknown]
+            problems += [f"{row.name}: applied in the database but no such file (--strict)" for row in self.unknown]
         return problems
 
 
@@ -72,8 +71,7 @@ def make_plan(discovered: Sequence[Migration], rows: Iterable[AppliedRow], targe
     return Plan(
         pending=tuple(m for m in not_applied if target is None or m.version <= target),
         applied=tuple(applied),
-        changed=tuple(m for m in applied
-                      if applied_rows[m.name].checksum not in (None, m.checksum)),
+        changed=tuple(m for m in applied if applied_rows[m.name].checksum not in (None, m.checksum)),
         adopted=tuple(m for m in applied if applied_rows[m.name].checksum is None),
         failed=tuple(row for row in by_name.values() if not row.success),
         out_of_order=tuple(m for m in not_applied if m.version < highest),

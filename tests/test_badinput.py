@@ -16,8 +16,9 @@ NO_DAC = ["setpriv", "--inh-caps=-dac_override,-dac_read_search", "--bounding-se
 
 
 def nothing_applied(db: Database) -> bool:
-    return db.query("SELECT to_regclass('good'), to_regclass('migration_history')") == [(None, None)] or \
-        db.query("SELECT to_regclass('good')") == [(None,)]
+    return db.query("SELECT to_regclass('good'), to_regclass('migration_history')") == [(None, None)] or db.query(
+        "SELECT to_regclass('good')"
+    ) == [(None,)]
 
 
 CASES = {
@@ -27,7 +28,11 @@ CASES = {
     "binary garbage": ({"002_bad.sql": bytes(range(256)) * 4}, 3, "002_bad.sql: NUL byte at byte offset 0"),
     "name with a space": ({"002 bad.sql": b"SELECT 1;"}, 3, "002 bad.sql: name must match"),
     "upper-case name": ({"002_Bad.sql": b"SELECT 1;"}, 3, "002_Bad.sql: name must match"),
-    "unknown directive": ({"002_bad.sql": b"-- runner: turbo\nSELECT 1;\n"}, 3, "002_bad.sql:1: unknown directive 'turbo'"),
+    "unknown directive": (
+        {"002_bad.sql": b"-- runner: turbo\nSELECT 1;\n"},
+        3,
+        "002_bad.sql:1: unknown directive 'turbo'",
+    ),
     "transaction control": ({"002_bad.sql": b"SELECT 1;\nCOMMIT;\n"}, 3, "002_bad.sql:2: transaction control (COMMIT)"),
     "psql meta-command": ({"002_bad.sql": b"\\set x 1\nSELECT 1;\n"}, 3, "002_bad.sql:1: psql meta-command"),
     "gap in versions": ({"003_bad.sql": b"SELECT 1;"}, 3, "002 is missing before 003_bad.sql"),
@@ -105,11 +110,14 @@ def test_missing_directory(db: Database) -> None:
     assert "/nonexistent/migrations does not exist" in result.one("run_failed")["error"]
 
 
-@pytest.mark.parametrize(("flag", "value", "message"), [
-    ("--lock-wait-timeout", "soon", "--lock-wait-timeout: 'soon' is not a duration"),
-    ("--ddl-lock-retries", "many", "--ddl-lock-retries: 'many' is not a whole number"),
-    ("--log-format", "xml", "--log-format: 'xml' is not json or console"),
-])
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--lock-wait-timeout", "soon", "--lock-wait-timeout: 'soon' is not a duration"),
+        ("--ddl-lock-retries", "many", "--ddl-lock-retries: 'many' is not a whole number"),
+        ("--log-format", "xml", "--log-format: 'xml' is not json or console"),
+    ],
+)
 def test_bad_settings_name_the_setting(db: Database, flag: str, value: str, message: str) -> None:
     """A malformed setting: exit 2 and the setting named on stderr."""
     db.write("001_good.sql", GOOD)

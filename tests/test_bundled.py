@@ -35,12 +35,23 @@ def test_bundled_files_pass_validation() -> None:
     """001-006 are named, numbered and parse cleanly; only 005 runs outside a transaction."""
     migrations = discover(BUNDLED)
     assert [m.name for m in migrations] == [
-        "001_initial_schema.sql", "002_extended_metadata_features.sql", "003_add_holder_analysis_tables.sql",
-        "004_partition_trades_table.sql", "005_add_analytics_indexes.sql", "006_create_archival_tables.sql"]
+        "001_initial_schema.sql",
+        "002_extended_metadata_features.sql",
+        "003_add_holder_analysis_tables.sql",
+        "004_partition_trades_table.sql",
+        "005_add_analytics_indexes.sql",
+        "006_create_archival_tables.sql",
+    ]
     assert [analyse(m).transactional for m in migrations] == [True, True, True, True, False, True]
     for migration in migrations:
-        for header in ("-- Migration: ", "-- Author: ", "-- Date: ", "-- Description: ",
-                       "-- ==== START MIGRATION ====", "-- ==== END MIGRATION ===="):
+        for header in (
+            "-- Migration: ",
+            "-- Author: ",
+            "-- Date: ",
+            "-- Description: ",
+            "-- ==== START MIGRATION ====",
+            "-- ==== END MIGRATION ====",
+        ):
             assert header in migration.sql, (migration.name, header)
 
 
@@ -51,9 +62,13 @@ def test_apply_to_empty_database(db: Database) -> None:
     assert db.query("SELECT relkind FROM pg_class WHERE oid = 'trades_unified'::regclass") == [("p",)]
     now = dt.datetime.now(dt.UTC)
     expected = {month_partition(add_months(now, i)) for i in range(4)} | {"trades_unified_default"}
-    partitions = {name for (name,) in db.query(
-        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-        " WHERE i.inhparent = 'trades_unified'::regclass")}
+    partitions = {
+        name
+        for (name,) in db.query(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = 'trades_unified'::regclass"
+        )
+    }
     assert partitions == expected
     assert db.query("SELECT count(*) FROM pg_index WHERE NOT indisvalid") == [(0,)]
 
@@ -90,15 +105,18 @@ def test_partitioning_keeps_every_trade(db: Database) -> None:
     result = db.run("migrate", env=db.env(MIGRATIONS_DIR=str(BUNDLED)))
     assert result.code == 0, result.stdout
     durations = {e["migration"]: e["duration_ms"] for e in result.named("migration_applied")}
-    print(f"\n004 on the {counts['trades_unified']}-trade sample: {durations['004_partition_trades_table.sql']} ms;"
-          f" 004-006 whole run {time.monotonic() - started:.1f}s")
+    print(
+        f"\n004 on the {counts['trades_unified']}-trade sample: {durations['004_partition_trades_table.sql']} ms;"
+        f" 004-006 whole run {time.monotonic() - started:.1f}s"
+    )
     with db.connect() as conn:
         assert conn.execute(ROW_DIGEST.format("trades_unified")).fetchone() == trades_before
         assert conn.execute(ROW_DIGEST.format("trades_unified_unpartitioned")).fetchone() == trades_before
         assert conn.execute("SELECT count(*) FROM tokens_unified").fetchone() == tokens_before
         assert conn.execute("SELECT count(*) FROM trades_unified_default").fetchone() == (0,)
-        per_month = dict(conn.execute(
-            "SELECT tableoid::regclass::text, count(*) FROM trades_unified GROUP BY 1").fetchall())
+        per_month = dict(
+            conn.execute("SELECT tableoid::regclass::text, count(*) FROM trades_unified GROUP BY 1").fetchall()
+        )
         data_months = {month_partition(dt.datetime(2026, m, 1, tzinfo=dt.UTC)) for m in range(5, 11)}
         assert set(per_month) == data_months
         assert sum(per_month.values()) == 500_000
@@ -107,19 +125,26 @@ def test_partitioning_keeps_every_trade(db: Database) -> None:
             "INSERT INTO trades_unified (signature, mint_address, program, trade_type, user_address, sol_amount,"
             " token_amount, price_sol, slot, block_time) SELECT 'next-month-sig', mint_address, 'amm_pool', 'buy',"
             " 'wallet', 1, 1, 0.1, 1, %s FROM tokens_unified LIMIT 1 RETURNING tableoid::regclass::text, id",
-            [next_month + dt.timedelta(hours=5)]).fetchone()
+            [next_month + dt.timedelta(hours=5)],
+        ).fetchone()
         assert landed[0] == month_partition(next_month)
         assert landed[1] == 500_001  # the id sequence carried over
         with pytest.raises(Exception, match="chk_positive_price"):
-            conn.execute("INSERT INTO trades_unified (signature, mint_address, program, trade_type, user_address,"
-                         " sol_amount, token_amount, price_sol, slot, block_time) SELECT 'neg', mint_address,"
-                         " 'amm_pool', 'buy', 'w', 1, 1, -1, 1, now() FROM tokens_unified LIMIT 1")
+            conn.execute(
+                "INSERT INTO trades_unified (signature, mint_address, program, trade_type, user_address,"
+                " sol_amount, token_amount, price_sol, slot, block_time) SELECT 'neg', mint_address,"
+                " 'amm_pool', 'buy', 'w', 1, 1, -1, 1, now() FROM tokens_unified LIMIT 1"
+            )
         cutoff = dt.datetime(2026, 7, 1, tzinfo=dt.UTC)
-        old = conn.execute("SELECT count(*), md5(string_agg(signature, ',' ORDER BY id)) FROM trades_unified"
-                           " WHERE block_time < %s", [cutoff]).fetchone()
+        old = conn.execute(
+            "SELECT count(*), md5(string_agg(signature, ',' ORDER BY id)) FROM trades_unified WHERE block_time < %s",
+            [cutoff],
+        ).fetchone()
         conn.execute("CALL archive_old_trades(%s, 25000)", [cutoff])
-        assert conn.execute("SELECT count(*), md5(string_agg(signature, ',' ORDER BY id)) FROM trades_archive"
-                            ).fetchone() == old
+        assert (
+            conn.execute("SELECT count(*), md5(string_agg(signature, ',' ORDER BY id)) FROM trades_archive").fetchone()
+            == old
+        )
         assert conn.execute("SELECT count(*) FROM trades_unified WHERE block_time < %s", [cutoff]).fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM trades_unified").fetchone()[0] + old[0] == 500_001
         assert conn.execute("SELECT status, rows_moved FROM archival_runs").fetchall() == [("completed", old[0])]

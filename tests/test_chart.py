@@ -26,8 +26,11 @@ def render(values: dict[str, Any] | None = None, chart: Path = CHART) -> dict[st
     """Template path -> the manifests it rendered (empty documents dropped)."""
     with helm_python.Chart.load(chart) as loaded:
         rendered = loaded.render(values, name="shop", namespace="prod", is_install=True)
-    return {path: [doc for doc in yaml.safe_load_all(text) if doc] for path, text in rendered.items()
-            if not path.endswith("NOTES.txt")}
+    return {
+        path: [doc for doc in yaml.safe_load_all(text) if doc]
+        for path, text in rendered.items()
+        if not path.endswith("NOTES.txt")
+    }
 
 
 def manifests(values: dict[str, Any] | None = None, chart: Path = CHART) -> list[dict[str, Any]]:
@@ -42,11 +45,24 @@ def of_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
 VARIANTS = {
     "default": BASE_VALUES,
     "hook-secret": {"database": {"createSecret": True, "url": "postgresql://app:pw@db/app"}},
-    "metrics": {**BASE_VALUES, "metrics": {"pushgatewayUrl": "http://pushgateway:9091",
-                                           "prometheusRule": {"enabled": True, "labels": {"release": "kps"}}}},
-    "tuned": {**BASE_VALUES, "job": {"activeDeadlineSeconds": 900, "deadlineMarginSeconds": 60, "backoffLimit": 2,
-                                     "ttlSecondsAfterFinished": 600, "lockWaitTimeoutSeconds": 300,
-                                     "extraArgs": ["--ddl-lock-timeout=2s"]}},
+    "metrics": {
+        **BASE_VALUES,
+        "metrics": {
+            "pushgatewayUrl": "http://pushgateway:9091",
+            "prometheusRule": {"enabled": True, "labels": {"release": "kps"}},
+        },
+    },
+    "tuned": {
+        **BASE_VALUES,
+        "job": {
+            "activeDeadlineSeconds": 900,
+            "deadlineMarginSeconds": 60,
+            "backoffLimit": 2,
+            "ttlSecondsAfterFinished": 600,
+            "lockWaitTimeoutSeconds": 300,
+            "extraArgs": ["--ddl-lock-timeout=2s"],
+        },
+    },
 }
 
 
@@ -83,9 +99,14 @@ def test_job_is_a_hook_with_the_restricted_profile() -> None:
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     (container,) = pod["containers"]
     context = container["securityContext"]
-    assert context == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
-                       "readOnlyRootFilesystem": True, "runAsNonRoot": True, "runAsUser": 65532,
-                       "seccompProfile": {"type": "RuntimeDefault"}}
+    assert context == {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "runAsUser": 65532,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
     assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert container["resources"]["limits"]["memory"]
 
@@ -104,8 +125,10 @@ def test_restricted_profile_of_every_pod(example: Path) -> None:
                 assert context["allowPrivilegeEscalation"] is False
                 assert context["capabilities"]["drop"] == ["ALL"]
                 assert context["seccompProfile"]["type"] in {"RuntimeDefault", "Localhost"}
-            assert all(set(volume) <= {"name", "secret", "emptyDir", "configMap", "projected"}
-                       for volume in pod.get("volumes", []))
+            assert all(
+                set(volume) <= {"name", "secret", "emptyDir", "configMap", "projected"}
+                for volume in pod.get("volumes", [])
+            )
 
 
 def argument(container: dict[str, Any], flag: str) -> str:
@@ -116,8 +139,10 @@ def argument(container: dict[str, Any], flag: str) -> str:
 @pytest.mark.parametrize(("deadline", "margin"), [(280, 20), (900, 60), (120, 5)])
 def test_runner_deadline_is_below_the_jobs(deadline: int, margin: int) -> None:
     """--deadline = activeDeadlineSeconds - margin, and the lock wait fits inside it."""
-    values = {**BASE_VALUES, "job": {"activeDeadlineSeconds": deadline, "deadlineMarginSeconds": margin,
-                                     "lockWaitTimeoutSeconds": 60}}
+    values = {
+        **BASE_VALUES,
+        "job": {"activeDeadlineSeconds": deadline, "deadlineMarginSeconds": margin, "lockWaitTimeoutSeconds": 60},
+    }
     job = of_kind(manifests(values), "Job")
     (container,) = job["spec"]["template"]["spec"]["containers"]
     assert job["spec"]["activeDeadlineSeconds"] == deadline
@@ -152,7 +177,8 @@ def test_hook_secret_is_created_before_the_job() -> None:
     secret, job = of_kind(docs, "Secret"), of_kind(docs, "Job")
     assert secret["metadata"]["annotations"]["helm.sh/hook-weight"] == "-5"
     assert int(secret["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(
-        job["metadata"]["annotations"]["helm.sh/hook-weight"])
+        job["metadata"]["annotations"]["helm.sh/hook-weight"]
+    )
     assert job["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"] == secret["metadata"]["name"]
 
 
@@ -172,16 +198,32 @@ def test_prometheus_rule_is_the_shipped_rules(tmp_path: Path) -> None:
     assert env["RUNNER_PUSHGATEWAY_URL"] == "http://pushgateway:9091"
 
 
-@pytest.mark.parametrize(("values", "message"), [
-    ({**BASE_VALUES, "job": {"backoffLimit": 7}}, "/job/backoffLimit"),
-    ({**BASE_VALUES, "initContainer": {"command": "mirgate"}}, "/initContainer/command"),
-    ({**BASE_VALUES, "jbo": {}}, "jbo"),
-    ({**BASE_VALUES, "securityContext": {"runAsNonRoot": False, "allowPrivilegeEscalation": True,
-                                         "capabilities": {}, "seccompProfile": {}}}, "/securityContext"),
-    ({}, "database.existingSecret is required"),
-    ({**BASE_VALUES, "job": {"activeDeadlineSeconds": 60, "deadlineMarginSeconds": 60}}, "deadlineMarginSeconds"),
-    ({**BASE_VALUES, "job": {"activeDeadlineSeconds": 100, "lockWaitTimeoutSeconds": 500}}, "lockWaitTimeoutSeconds"),
-])
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({**BASE_VALUES, "job": {"backoffLimit": 7}}, "/job/backoffLimit"),
+        ({**BASE_VALUES, "initContainer": {"command": "mirgate"}}, "/initContainer/command"),
+        ({**BASE_VALUES, "jbo": {}}, "jbo"),
+        (
+            {
+                **BASE_VALUES,
+                "securityContext": {
+                    "runAsNonRoot": False,
+                    "allowPrivilegeEscalation": True,
+                    "capabilities": {},
+                    "seccompProfile": {},
+                },
+            },
+            "/securityContext",
+        ),
+        ({}, "database.existingSecret is required"),
+        ({**BASE_VALUES, "job": {"activeDeadlineSeconds": 60, "deadlineMarginSeconds": 60}}, "deadlineMarginSeconds"),
+        (
+            {**BASE_VALUES, "job": {"activeDeadlineSeconds": 100, "lockWaitTimeoutSeconds": 500}},
+            "lockWaitTimeoutSeconds",
+        ),
+    ],
+)
 def test_wrong_values_are_refused_with_a_clear_message(values: dict[str, Any], message: str) -> None:
     """values.schema.json and the template checks reject wrong values, naming what is wrong."""
     with pytest.raises(helm_python.HelmError, match=message.replace(".", r"\.")):

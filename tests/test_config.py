@@ -28,7 +28,13 @@ def test_every_option_has_a_runner_variable() -> None:
 def test_durations() -> None:
     """Durations accept plain seconds and ms/s/min/h units; junk is a usage error."""
     assert [parse_duration("x", v) for v in ("90", "1.5s", "500ms", "5min", "2m", "1h")] == [
-        90, 1.5, 0.5, 300, 120, 3600]
+        90,
+        1.5,
+        0.5,
+        300,
+        120,
+        3600,
+    ]
     with pytest.raises(ConfigError, match="--x: 'soon' is not a duration"):
         parse_duration("x", "soon")
 
@@ -59,13 +65,16 @@ def test_passfile_and_pgpassword_are_secrets(tmp_path: Path) -> None:
     assert {"pass:with-colon", "env-pass-456"} <= settings.secrets
 
 
-@pytest.mark.parametrize("text", [
-    "postgresql://user:hunter2-pw@host:5432/db",
-    "host=db password=hunter2-pw user=u",
-    "host=db password='hunter2-pw' user=u",
-    "postgresql://host/db?password=hunter2-pw",
-    'failed: missing "=" after "hunter2-pw" in connection info string',
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "postgresql://user:hunter2-pw@host:5432/db",
+        "host=db password=hunter2-pw user=u",
+        "host=db password='hunter2-pw' user=u",
+        "postgresql://host/db?password=hunter2-pw",
+        'failed: missing "=" after "hunter2-pw" in connection info string',
+    ],
+)
 def test_redact_removes_password(text: str) -> None:
     """URL userinfo, password= pairs and known secrets are all removed."""
     assert "hunter2-pw" not in redact(text, {"hunter2-pw"})

@@ -43,8 +43,10 @@ def test_orders_by_version_and_ignores_other_files(tmp_path: Path) -> None:
     assert [(m.version, m.name) for m in discover(tmp_path)] == [(1, "001_a.sql"), (2, "002_b.sql")]
 
 
-@pytest.mark.parametrize("name", ["fix-amm-reserves.sql", "1_short.sql", "0001_long.sql",
-                                  "003_Upper.sql", "004 space.sql", "005_dash-name.sql"])
+@pytest.mark.parametrize(
+    "name",
+    ["fix-amm-reserves.sql", "1_short.sql", "0001_long.sql", "003_Upper.sql", "004 space.sql", "005_dash-name.sql"],
+)
 def test_bad_sql_names_are_errors(tmp_path: Path, name: str) -> None:
     """A .sql file that does not match NNN_[a-z0-9_]+.sql is named in the error."""
     write(tmp_path, "001_a.sql", "SELECT 1;")
@@ -82,25 +84,31 @@ def test_bom_accepted_and_checksum_unaffected(tmp_path: Path) -> None:
     assert migration.checksum == hashlib.sha256(b"SELECT 1;\nSELECT 2;\n").hexdigest()
 
 
-@pytest.mark.parametrize(("content", "expected"), [
-    ("", "file is empty"),
-    ("  \n\n", "file is empty"),
-    ("-- only a comment\n/* and another */\n", "has no SQL statement"),
-    (b"\x00\x01\x02binary", "NUL byte at byte offset 0"),
-])
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("", "file is empty"),
+        ("  \n\n", "file is empty"),
+        ("-- only a comment\n/* and another */\n", "has no SQL statement"),
+        (b"\x00\x01\x02binary", "NUL byte at byte offset 0"),
+    ],
+)
 def test_empty_comment_only_and_binary_files(tmp_path: Path, content: str | bytes, expected: str) -> None:
     """Empty, comment-only and binary files are validation errors."""
     write(tmp_path, "001_a.sql", content)
     assert expected in problems(tmp_path)
 
 
-@pytest.mark.parametrize(("sql", "line", "word"), [
-    ("CREATE TABLE t (id int);\nBEGIN;\nSELECT 1;\n", 2, "BEGIN"),
-    ("SELECT 1;\n\nCOMMIT;\n", 3, "COMMIT"),
-    ("START TRANSACTION;\nSELECT 1;\n", 1, "START"),
-    ("SELECT 1;\nEND;\n", 2, "END"),
-    ("SELECT 1;\nROLLBACK;\n", 2, "ROLLBACK"),
-])
+@pytest.mark.parametrize(
+    ("sql", "line", "word"),
+    [
+        ("CREATE TABLE t (id int);\nBEGIN;\nSELECT 1;\n", 2, "BEGIN"),
+        ("SELECT 1;\n\nCOMMIT;\n", 3, "COMMIT"),
+        ("START TRANSACTION;\nSELECT 1;\n", 1, "START"),
+        ("SELECT 1;\nEND;\n", 2, "END"),
+        ("SELECT 1;\nROLLBACK;\n", 2, "ROLLBACK"),
+    ],
+)
 def test_transaction_control_is_refused_with_line(tmp_path: Path, sql: str, line: int, word: str) -> None:
     """Top-level transaction control is an error naming file and line."""
     write(tmp_path, "001_a.sql", sql)
@@ -115,14 +123,18 @@ def test_psql_meta_command_is_refused_with_line(tmp_path: Path) -> None:
 
 def test_do_blocks_with_begin_end_are_fine(tmp_path: Path) -> None:
     """BEGIN/END inside a DO body and a function body are not transaction control."""
-    write(tmp_path, "001_a.sql", """
+    write(
+        tmp_path,
+        "001_a.sql",
+        """
 DO $$ BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'x') THEN
     RAISE NOTICE 'would add';
   END IF;
 END $$;
 CREATE OR REPLACE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $f$ BEGIN RETURN 1; END $f$;
-""")
+""",
+    )
     (migration,) = discover(tmp_path)
     analysis = analyse(migration)
     assert analysis.transactional
@@ -135,14 +147,17 @@ def test_syntax_error_names_line(tmp_path: Path) -> None:
     assert "001_a.sql:2: syntax error" in problems(tmp_path)
 
 
-@pytest.mark.parametrize("sql", [
-    "CREATE INDEX CONCURRENTLY IF NOT EXISTS i ON t (a);",
-    "DROP INDEX CONCURRENTLY IF EXISTS i;",
-    "REINDEX INDEX CONCURRENTLY i;",
-    "VACUUM t;",
-    "ALTER SYSTEM SET work_mem = '8MB';",
-    "CREATE DATABASE other;",
-])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS i ON t (a);",
+        "DROP INDEX CONCURRENTLY IF EXISTS i;",
+        "REINDEX INDEX CONCURRENTLY i;",
+        "VACUUM t;",
+        "ALTER SYSTEM SET work_mem = '8MB';",
+        "CREATE DATABASE other;",
+    ],
+)
 def test_non_transactional_statements_are_detected(tmp_path: Path, sql: str) -> None:
     """Statements PostgreSQL refuses inside a transaction make the migration run in autocommit."""
     write(tmp_path, "001_a.sql", sql)
@@ -154,8 +169,11 @@ def test_directives(tmp_path: Path) -> None:
     """Header directives are parsed; unknown or malformed ones are errors with their line."""
     write(tmp_path, "001_a.sql", "-- runner: no-transaction lock-timeout=2s statement-timeout=30min\nSELECT 1;\n")
     (migration,) = discover(tmp_path)
-    assert (migration.directives.no_transaction, migration.directives.lock_timeout,
-            migration.directives.statement_timeout) == (True, "2s", "30min")
+    assert (
+        migration.directives.no_transaction,
+        migration.directives.lock_timeout,
+        migration.directives.statement_timeout,
+    ) == (True, "2s", "30min")
     assert not analyse(migration).transactional
     write(tmp_path, "001_a.sql", "SELECT 1;\n-- runner: fast-mode\n")
     assert "001_a.sql:2: unknown directive 'fast-mode'" in problems(tmp_path)
@@ -194,8 +212,14 @@ def test_missing_directory_is_a_config_error(tmp_path: Path) -> None:
 
 def test_statements_after_multibyte_text_keep_their_text_and_line(tmp_path: Path) -> None:
     """Multi-byte UTF-8 before and inside statements: each statement's text and line are exact."""
-    write(tmp_path, "001_a.sql", "-- Müller's trädes, ünïcode\nSELECT 'ééé', 'ß';\n\nCREATE TABLE IF NOT EXISTS b (x text DEFAULT 'ø');\n")
+    write(
+        tmp_path,
+        "001_a.sql",
+        "-- Müller's trädes, ünïcode\nSELECT 'ééé', 'ß';\n\nCREATE TABLE IF NOT EXISTS b (x text DEFAULT 'ø');\n",
+    )
     (migration,) = discover(tmp_path)
     statements = analyse(migration).statements
     assert [(s.text, s.line) for s in statements] == [
-        ("SELECT 'ééé', 'ß'", 2), ("CREATE TABLE IF NOT EXISTS b (x text DEFAULT 'ø')", 4)]
+        ("SELECT 'ééé', 'ß'", 2),
+        ("CREATE TABLE IF NOT EXISTS b (x text DEFAULT 'ø')", 4),
+    ]

@@ -29,16 +29,19 @@ def write_counted(db: Database, count: int, sleep_s: float = 0.0) -> None:
     db.query(SIDE)
     for i in range(1, count + 1):
         pause = f"SELECT pg_sleep({sleep_s});\n" if sleep_s else ""
-        db.write(f"{i:03d}_m.sql", f"CREATE TABLE IF NOT EXISTS t_{i:03d} (id int);\n"
-                                   f"INSERT INTO side VALUES ('{i:03d}');\n{pause}")
+        db.write(
+            f"{i:03d}_m.sql",
+            f"CREATE TABLE IF NOT EXISTS t_{i:03d} (id int);\nINSERT INTO side VALUES ('{i:03d}');\n{pause}",
+        )
 
 
 def settle(db: Database, seconds: float = 15) -> None:
     """Wait until no other backend works in the test database (orphans finished)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        busy = db.query("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-                        [db.name])
+        busy = db.query(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", [db.name]
+        )
         if busy == [(0,)]:
             return
         time.sleep(0.1)
@@ -47,9 +50,14 @@ def settle(db: Database, seconds: float = 15) -> None:
 
 def assert_history_matches_objects(db: Database, count: int) -> set[str]:
     """Each applied file's objects exist exactly once; no pending file's do. Returns applied versions."""
-    applied = {name[:3] for name in db.applied()} if db.query(
-        "SELECT to_regclass('migration_history')") != [(None,)] else set()
-    tables = {name[2:] for (name,) in db.query("SELECT relname FROM pg_class WHERE relname LIKE 't\\_%%' AND relkind = 'r'")}
+    applied = (
+        {name[:3] for name in db.applied()}
+        if db.query("SELECT to_regclass('migration_history')") != [(None,)]
+        else set()
+    )
+    tables = {
+        name[2:] for (name,) in db.query("SELECT relname FROM pg_class WHERE relname LIKE 't\\_%%' AND relkind = 'r'")
+    }
     side = dict(db.query("SELECT version, count(*) FROM side GROUP BY 1"))
     assert tables == applied
     assert side == dict.fromkeys(applied, 1)
@@ -204,7 +212,9 @@ def test_sixty_four_runners_at_once(db: Database) -> None:
     write_counted(db, 20)
     procs = [db.popen("migrate", "--lock-wait-timeout", "120s") for _ in range(64)]
     results = [proc.communicate(timeout=180) for proc in procs]
-    assert [proc.returncode for proc in procs] == [0] * 64, [r[0][-500:] for r, p in zip(results, procs, strict=False) if p.returncode]
+    assert [proc.returncode for proc in procs] == [0] * 64, [
+        r[0][-500:] for r, p in zip(results, procs, strict=False) if p.returncode
+    ]
     assert len(assert_history_matches_objects(db, 20)) == 20
     applied_by = [e["applied"] for out, _ in results for e in parse_events(out) if e["event"] == "run_finished"]
     assert sum(applied_by) == 20

@@ -31,15 +31,34 @@ pytestmark = [
 
 
 def podman(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})}, check=False)
+    return subprocess.run(
+        ["podman", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
 
 
 def run_image(db: Database, *args: str, migrations: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run the image once: host network, read-only, user 65532, URL passed through the environment."""
     mount = ["--volume", f"{migrations}:/migrations:ro"] if migrations else []
-    return podman("run", "--rm", "--network", "host", "--read-only", "--user", "65532", "--env", "DATABASE_URL",
-                  *mount, IMAGE, *args, env={"DATABASE_URL": db.url})
+    return podman(
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        "--read-only",
+        "--user",
+        "65532",
+        "--env",
+        "DATABASE_URL",
+        *mount,
+        IMAGE,
+        *args,
+        env={"DATABASE_URL": db.url},
+    )
 
 
 @pytest.fixture
@@ -81,9 +100,23 @@ def test_podman_stop_sends_sigterm_to_pid_1(db: Database, shared_dir: Path) -> N
     (shared_dir / "001_slow.sql").write_text("SELECT pg_sleep(60);\n")
     (shared_dir / "001_slow.sql").chmod(0o644)
     name = f"runner-stop-{os.getpid()}"
-    started = podman("run", "--detach", "--name", name, "--network", "host", "--read-only", "--user", "65532",
-                     "--env", "DATABASE_URL", "--volume", f"{shared_dir}:/migrations:ro", IMAGE,
-                     env={"DATABASE_URL": db.url})
+    started = podman(
+        "run",
+        "--detach",
+        "--name",
+        name,
+        "--network",
+        "host",
+        "--read-only",
+        "--user",
+        "65532",
+        "--env",
+        "DATABASE_URL",
+        "--volume",
+        f"{shared_dir}:/migrations:ro",
+        IMAGE,
+        env={"DATABASE_URL": db.url},
+    )
     assert started.returncode == 0, started.stderr
     try:
         db.backend_running("SELECT pg_sleep(60)", timeout=60)
@@ -94,7 +127,7 @@ def test_podman_stop_sends_sigterm_to_pid_1(db: Database, shared_dir: Path) -> N
         assert code == "143"
         assert elapsed < 10  # the runner exited on SIGTERM; podman did not need to SIGKILL it
         assert db.query("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == [(0,)]
-        (_name, success, _c, error), = db.history()
+        ((_name, success, _c, error),) = db.history()
         assert success is False
         assert "SIGTERM" in error
     finally:
@@ -122,12 +155,19 @@ def pod_manifest(template_pod: dict[str, Any], name: str, secrets_dir: Path) -> 
     The kubelet mounts a Secret volume as a directory with one file per key. podman 4.3's
     kube play cannot (it mounts base64 data verbatim), so Secret volumes become that directory.
     """
-    volumes = [{"name": v["name"], "hostPath": {"path": str(secrets_dir / v["secret"]["secretName"]),
-                                                  "type": "Directory"}} if "secret" in v else v
-               for v in template_pod["spec"].get("volumes", [])]
+    volumes = [
+        {"name": v["name"], "hostPath": {"path": str(secrets_dir / v["secret"]["secretName"]), "type": "Directory"}}
+        if "secret" in v
+        else v
+        for v in template_pod["spec"].get("volumes", [])
+    ]
     spec = {**template_pod["spec"], "hostNetwork": True, "volumes": volumes}
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": template_pod["metadata"]["labels"]},
-            "spec": spec}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": template_pod["metadata"]["labels"]},
+        "spec": spec,
+    }
 
 
 def mount_secret(secret: dict[str, Any], secrets_dir: Path) -> None:
@@ -143,14 +183,21 @@ def mount_secret(secret: dict[str, Any], secrets_dir: Path) -> None:
 def render(chart: Path, values: dict[str, Any]) -> list[dict[str, Any]]:
     with helm_python.Chart.load(chart) as loaded:
         rendered = loaded.render(values, name="shop", namespace="prod", is_install=True)
-    return [doc for path, text in rendered.items() if not path.endswith("NOTES.txt")
-            for doc in yaml.safe_load_all(text) if doc]
+    return [
+        doc
+        for path, text in rendered.items()
+        if not path.endswith("NOTES.txt")
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
 
 
 def image_values(db: Database) -> dict[str, Any]:
     repository, tag = IMAGE.rsplit(":", 1)
-    return {"image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
-            "database": {"createSecret": True, "url": db.url}}
+    return {
+        "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
+        "database": {"createSecret": True, "url": db.url},
+    }
 
 
 def play(manifest: dict[str, Any], directory: Path, name: str) -> Path:
@@ -195,14 +242,15 @@ def test_chart_job_pod_runs_with_its_security_context(db: Database, shared_dir: 
         podman("kube", "down", str(path))
 
 
-def test_example_app_pod_starts_only_after_the_schema_is_ready(db: Database, tmp_path: Path,
-                                                                shared_dir: Path) -> None:
+def test_example_app_pod_starts_only_after_the_schema_is_ready(db: Database, tmp_path: Path, shared_dir: Path) -> None:
     """The example app's pod waits in its init container until the Job's pod has migrated, then starts."""
     root = tmp_path / "helm"
     shutil.copytree(REPO / "helm", root, ignore=shutil.ignore_patterns("charts", "Chart.lock"))
     helm_python.dependency_update(root / "examples" / "app", skip_refresh=True)
-    values = {"app": {"image": IMAGE}, "migration-runner": {**image_values(db),
-                                                            "initContainer": {"command": "wait", "waitTimeoutSeconds": 120}}}
+    values = {
+        "app": {"image": IMAGE},
+        "migration-runner": {**image_values(db), "initContainer": {"command": "wait", "waitTimeoutSeconds": 120}},
+    }
     docs = render(root / "examples" / "app", values)
     mount_secret(next(d for d in docs if d["kind"] == "Secret"), shared_dir)
     deployment = next(d for d in docs if d["kind"] == "Deployment")
@@ -212,19 +260,23 @@ def test_example_app_pod_starts_only_after_the_schema_is_ready(db: Database, tmp
     app_path = shared_dir / "app.yaml"
     app_path.write_text(yaml.safe_dump(app_pod))
     # podman kube play runs init containers to completion before it returns: play in the background.
-    app_play = subprocess.Popen(["podman", "kube", "play", str(app_path)], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+    app_play = subprocess.Popen(
+        ["podman", "kube", "play", str(app_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     job_path: Path | None = None
     try:
         for _ in range(60):
-            if podman("container", "exists", "shop-app-migration-runner").returncode == 0 and \
-                    container_state("shop-app-migration-runner")["Status"] == "running":
+            if (
+                podman("container", "exists", "shop-app-migration-runner").returncode == 0
+                and container_state("shop-app-migration-runner")["Status"] == "running"
+            ):
                 break
             time.sleep(0.5)
         time.sleep(3)
         assert container_state("shop-app-migration-runner")["Status"] == "running"  # still waiting
-        assert podman("container", "exists", "shop-app-app").returncode != 0 or \
-            container_state("shop-app-app")["Status"] in {"created", "configured", "initialized"}
+        assert podman("container", "exists", "shop-app-app").returncode != 0 or container_state("shop-app-app")[
+            "Status"
+        ] in {"created", "configured", "initialized"}
         assert db.query("SELECT to_regclass('tokens_unified')") == [(None,)]
         job_path = play(pod_manifest(job["spec"]["template"], "shop-migrate", shared_dir), shared_dir, "job")
         assert wait_exit("shop-migrate-migrate") == 0

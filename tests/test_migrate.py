@@ -25,8 +25,10 @@ def test_applies_pending_in_order_and_records_each(db: Database) -> None:
     db.write("003_data.sql", "INSERT INTO a VALUES (1, '100% sure') ON CONFLICT DO NOTHING;\n")
     result = db.run("migrate")
     assert result.code == 0, result.stdout + result.stderr
-    rows = db.query("SELECT migration_name, success, checksum IS NOT NULL, execution_time_ms >= 0,"
-                    " runner_version, applied_by FROM migration_history ORDER BY id")
+    rows = db.query(
+        "SELECT migration_name, success, checksum IS NOT NULL, execution_time_ms >= 0,"
+        " runner_version, applied_by FROM migration_history ORDER BY id"
+    )
     assert rows == [(n, True, True, True, "0.1.0", "postgres") for n in ("001_a.sql", "002_b.sql", "003_data.sql")]
     assert db.query("SELECT name FROM a") == [("100% sure",)]
     assert [e["migration"] for e in result.named("migration_applied")] == ["001_a.sql", "002_b.sql", "003_data.sql"]
@@ -45,17 +47,23 @@ def test_second_run_has_nothing_to_do(db: Database) -> None:
 def test_failed_migration_leaves_nothing_and_is_retried(db: Database) -> None:
     """A failing file rolls back all its objects, records success=false, exits 1; the next run retries."""
     db.write("001_a.sql", CREATE_A)
-    db.write("002_bad.sql", "CREATE TABLE half (id int);\nCREATE INDEX half_i ON half (id);\n\nINSERT INTO a VALUES (1), (1);\n")
+    db.write(
+        "002_bad.sql",
+        "CREATE TABLE half (id int);\nCREATE INDEX half_i ON half (id);\n\nINSERT INTO a VALUES (1), (1);\n",
+    )
     result = db.run("migrate")
     assert result.code == 1
     assert db.query("SELECT to_regclass('half'), to_regclass('half_i')") == [(None, None)]
-    (name, success, _checksum, error), = [row for row in db.history() if row[0] == "002_bad.sql"]
+    ((name, success, _checksum, error),) = [row for row in db.history() if row[0] == "002_bad.sql"]
     assert (name, success) == ("002_bad.sql", False)
     assert "SQLSTATE 23505" in error
     assert "(line 4)" in error
     failed = result.one("migration_failed")
     assert (failed["sqlstate"], failed["line"]) == ("23505", 4)
-    db.write("002_bad.sql", "CREATE TABLE half (id int);\nCREATE INDEX half_i ON half (id);\n\nINSERT INTO a VALUES (1), (2);\n")
+    db.write(
+        "002_bad.sql",
+        "CREATE TABLE half (id int);\nCREATE INDEX half_i ON half (id);\n\nINSERT INTO a VALUES (1), (2);\n",
+    )
     retried = db.run("migrate")
     assert retried.code == 0
     assert db.applied() == ["001_a.sql", "002_bad.sql"]
@@ -78,7 +86,8 @@ def test_sixteen_runners_apply_each_migration_once(db: Database) -> None:
     outputs = [proc.communicate(timeout=120) for proc in procs]
     assert [proc.returncode for proc in procs] == [0] * 16, outputs
     assert db.query("SELECT migration, count(*) FROM side GROUP BY 1 ORDER BY 1") == [
-        (f"{i:03d}", 1) for i in range(1, 11)]
+        (f"{i:03d}", 1) for i in range(1, 11)
+    ]
     assert len(db.applied()) == 10
 
 
@@ -179,13 +188,20 @@ def test_status_reports_every_state(db: Database) -> None:
     db.write("004_later.sql", "SELECT 1;\n")
     db.query("INSERT INTO migration_history (migration_name, checksum) VALUES ('099_gone.sql', 'x')")
     assert db.run("migrate").code == 3  # 002 changed: nothing applied
-    db.query("INSERT INTO migration_history (migration_name, success, error_message) VALUES ('003_bad.sql', false, 'boom')")
+    db.query(
+        "INSERT INTO migration_history (migration_name, success, error_message) VALUES ('003_bad.sql', false, 'boom')"
+    )
     result = db.run("status", "--json")
     assert result.code == 0
     report = json.loads(result.stdout)
     states = {row["migration"]: row["state"] for row in report["migrations"]}
-    assert states == {"001_a.sql": "applied", "002_b.sql": "changed", "003_bad.sql": "failed",
-                      "004_later.sql": "pending", "099_gone.sql": "unknown"}
+    assert states == {
+        "001_a.sql": "applied",
+        "002_b.sql": "changed",
+        "003_bad.sql": "failed",
+        "004_later.sql": "pending",
+        "099_gone.sql": "unknown",
+    }
     table = db.run("status")
     assert "003_bad.sql  (boom)" in table.stdout
 
@@ -217,8 +233,14 @@ def test_new_writes_next_numbered_template(db: Database) -> None:
     result = db.run("new", "add_users")
     assert result.code == 0
     text = (db.migrations / "002_add_users.sql").read_text()
-    for header in ("-- Migration: 002_add_users.sql", "-- Author:", "-- Date:", "-- Description:",
-                   "START MIGRATION", "END MIGRATION"):
+    for header in (
+        "-- Migration: 002_add_users.sql",
+        "-- Author:",
+        "-- Date:",
+        "-- Description:",
+        "START MIGRATION",
+        "END MIGRATION",
+    ):
         assert header in text
     assert db.run("new", "Bad-Name").code == 2
 
@@ -252,8 +274,14 @@ def test_database_url_file_and_pg_variables(db: Database) -> None:
     secret_file.write_text(db.url + "\n")
     env = {k: v for k, v in db.env().items() if k != "DATABASE_URL"}
     assert db.run("migrate", env={**env, "DATABASE_URL_FILE": str(secret_file)}).code == 0
-    libpq = {**env, "PGHOST": "127.0.0.1", "PGPORT": str(db.cluster.port), "PGUSER": "postgres",
-             "PGPASSWORD": db.cluster.password, "PGDATABASE": db.name}
+    libpq = {
+        **env,
+        "PGHOST": "127.0.0.1",
+        "PGPORT": str(db.cluster.port),
+        "PGUSER": "postgres",
+        "PGPASSWORD": db.cluster.password,
+        "PGDATABASE": db.name,
+    }
     result = db.run("status", env=libpq)
     assert result.code == 0
     assert db.cluster.password not in result.stdout + result.stderr
@@ -263,7 +291,9 @@ def test_wrong_password_is_exit_5_without_the_password(db: Database) -> None:
     """A wrong password: exit 5 with the server's message; the password appears nowhere."""
     db.write("001_a.sql", CREATE_A)
     bad = "wrong-pass-4c1d"
-    result = db.run("migrate", "--connect-timeout", "1s", env=db.env(DATABASE_URL=db.cluster.url(db.name, password=bad)))
+    result = db.run(
+        "migrate", "--connect-timeout", "1s", env=db.env(DATABASE_URL=db.cluster.url(db.name, password=bad))
+    )
     assert result.code == 5
     assert "password authentication failed" in result.one("run_failed")["error"]
     assert bad not in result.stdout + result.stderr
@@ -284,8 +314,9 @@ def test_unreachable_server_retries_until_connect_timeout(db: Database) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     started = time.monotonic()
-    result = db.run("migrate", "--connect-timeout", "2s",
-                    env=db.env(DATABASE_URL=f"postgresql://postgres:x@127.0.0.1:{port}/x"))
+    result = db.run(
+        "migrate", "--connect-timeout", "2s", env=db.env(DATABASE_URL=f"postgresql://postgres:x@127.0.0.1:{port}/x")
+    )
     elapsed = time.monotonic() - started
     assert result.code == 5
     assert result.named("connect_retry")
@@ -304,11 +335,17 @@ def test_no_create_privilege_is_exit_5(db: Database) -> None:
     """A role that cannot create the history table: exit 5 with the server's message."""
     db.write("001_a.sql", CREATE_A)
     db.query("CREATE ROLE weak LOGIN PASSWORD 'weak-pass-99'")
-    db.query(f'REVOKE CREATE ON SCHEMA public FROM PUBLIC; REVOKE ALL ON DATABASE "{db.name}" FROM PUBLIC;'
-             f' GRANT CONNECT ON DATABASE "{db.name}" TO weak')
+    db.query(
+        f'REVOKE CREATE ON SCHEMA public FROM PUBLIC; REVOKE ALL ON DATABASE "{db.name}" FROM PUBLIC;'
+        f' GRANT CONNECT ON DATABASE "{db.name}" TO weak'
+    )
     try:
-        result = db.run("migrate", "--connect-timeout", "1s",
-                        env=db.env(DATABASE_URL=db.cluster.url(db.name, user="weak", password="weak-pass-99")))
+        result = db.run(
+            "migrate",
+            "--connect-timeout",
+            "1s",
+            env=db.env(DATABASE_URL=db.cluster.url(db.name, user="weak", password="weak-pass-99")),
+        )
         assert result.code == 5
         assert "42501" in result.one("run_failed")["error"]
     finally:
@@ -348,8 +385,9 @@ def test_application_name_shows_the_runner(db: Database) -> None:
     proc = db.popen("migrate", env=db.env(HOSTNAME="web-7f9c-abcde"))
     names: list[tuple[str]] = []
     for _ in range(50):
-        names = db.query("SELECT application_name FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-                         [db.name])
+        names = db.query(
+            "SELECT application_name FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", [db.name]
+        )
         if len(names) >= 2:
             break
         time.sleep(0.1)
@@ -368,10 +406,13 @@ def test_sigterm_cancels_rolls_back_and_releases(db: Database) -> None:
     assert proc.returncode == 143, out
     assert time.monotonic() - started < 5
     assert db.query("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == [(0,)]
-    assert db.query("SELECT count(*) FROM pg_stat_activity WHERE strpos(query, 'pg_sleep(60)') > 0 AND state = 'active'"
-                    " AND pid <> pg_backend_pid() AND datname = %s", [db.name]) == [(0,)]
+    assert db.query(
+        "SELECT count(*) FROM pg_stat_activity WHERE strpos(query, 'pg_sleep(60)') > 0 AND state = 'active'"
+        " AND pid <> pg_backend_pid() AND datname = %s",
+        [db.name],
+    ) == [(0,)]
     assert db.query("SELECT to_regclass('never')") == [(None,)]
-    (_name, success, _c, error), = db.history()
+    ((_name, success, _c, error),) = db.history()
     assert success is False
     assert "SIGTERM" in error
 
@@ -384,7 +425,9 @@ def test_sigkill_frees_the_lock_and_next_run_succeeds(db: Database) -> None:
     proc.kill()
     proc.communicate()
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and db.query("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") != [(0,)]:
+    while time.monotonic() < deadline and db.query("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") != [
+        (0,)
+    ]:
         time.sleep(0.2)
     assert db.query("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == [(0,)]
     assert time.monotonic() < deadline
@@ -415,10 +458,13 @@ def test_python_dash_m_and_console_script_agree(db: Database) -> None:
 def test_hostile_history_table_names_are_refused(db: Database, name: str) -> None:
     """History table names that are not plain identifiers are a usage error; nothing is created."""
     db.write("001_a.sql", CREATE_A)
-    result = db.run("migrate", "--history-table", name) if name else db.run(
-        "migrate", env=db.env(RUNNER_HISTORY_TABLE=" "))
+    result = (
+        db.run("migrate", "--history-table", name) if name else db.run("migrate", env=db.env(RUNNER_HISTORY_TABLE=" "))
+    )
     assert result.code == 2
-    assert db.query("SELECT count(*) FROM pg_class WHERE relname NOT LIKE 'pg_%%' AND relnamespace = 'public'::regnamespace") == [(0,)]
+    assert db.query(
+        "SELECT count(*) FROM pg_class WHERE relname NOT LIKE 'pg_%%' AND relnamespace = 'public'::regnamespace"
+    ) == [(0,)]
 
 
 def test_readonly_database_is_exit_5(db: Database) -> None:
@@ -444,8 +490,11 @@ def test_connection_closed_by_server_is_exit_5(db: Database) -> None:
 
 def test_slow_failure_without_position_is_not_replayed(db: Database) -> None:
     """A failure without a position after a slow statement is not replayed to find its line: line unknown."""
-    db.write("001_a.sql", "CREATE TABLE IF NOT EXISTS replayed (id int);\nINSERT INTO replayed VALUES (1);\n"
-                          "SELECT pg_sleep(2.5);\nSELECT 1/0;\n")
+    db.write(
+        "001_a.sql",
+        "CREATE TABLE IF NOT EXISTS replayed (id int);\nINSERT INTO replayed VALUES (1);\n"
+        "SELECT pg_sleep(2.5);\nSELECT 1/0;\n",
+    )
     result = db.run("migrate")
     assert result.code == 1
     failed = result.one("migration_failed")
@@ -456,8 +505,10 @@ def test_slow_failure_without_position_is_not_replayed(db: Database) -> None:
 
 def test_statement_timeout_is_reported_without_replay(db: Database) -> None:
     """A statement_timeout (57014) fails the migration at once, rolled back, and is never replayed."""
-    db.write("001_a.sql", "-- runner: statement-timeout=300ms\nCREATE TABLE IF NOT EXISTS slow (id int);\n"
-                          "SELECT pg_sleep(5);\n")
+    db.write(
+        "001_a.sql",
+        "-- runner: statement-timeout=300ms\nCREATE TABLE IF NOT EXISTS slow (id int);\nSELECT pg_sleep(5);\n",
+    )
     started = time.monotonic()
     result = db.run("migrate")
     assert result.code == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -37,8 +38,15 @@ def test_events_of_a_successful_run(db: Database) -> None:
     result = db.run("migrate")
     assert result.code == 0
     assert [e["event"] for e in result.events] == [
-        "run_started", "lock_acquired", "history_table_ready", "plan_ready", "migration_started",
-        "migration_applied", "lock_released", "run_finished"]
+        "run_started",
+        "lock_acquired",
+        "history_table_ready",
+        "plan_ready",
+        "migration_started",
+        "migration_applied",
+        "lock_released",
+        "run_finished",
+    ]
     assert len({e["run_id"] for e in result.events}) == 1
     for event in result.events:
         assert ISO_UTC.match(event["timestamp"]), event
@@ -60,8 +68,16 @@ def test_events_of_a_failed_run(db: Database) -> None:
     result = db.run("migrate")
     assert result.code == 1
     assert [e["event"] for e in result.events] == [
-        "run_started", "lock_acquired", "history_table_ready", "plan_ready", "migration_started",
-        "migration_failed", "lock_released", "run_failed", "run_finished"]
+        "run_started",
+        "lock_acquired",
+        "history_table_ready",
+        "plan_ready",
+        "migration_started",
+        "migration_failed",
+        "lock_released",
+        "run_failed",
+        "run_finished",
+    ]
     failed = result.one("migration_failed")
     assert (failed["sqlstate"], failed["line"], failed["migration"]) == ("22012", 2, "001_a.sql")
     assert "division by zero" in failed["error"]
@@ -89,11 +105,15 @@ def test_events_of_a_lock_wait(db: Database) -> None:
 def test_redaction_processor_scrubs_nested_values() -> None:
     """The processor scrubs URL userinfo and password= pairs from nested values, without knowing the secret."""
     processor = scrubber(redact)
-    event = processor(None, "info", {
-        "error": "connection to postgresql://app:s3cr3t-xyz@db:5432/app failed",
-        "detail": {"conninfo": ["host=db password=s3cr3t-xyz"]},
-        "exc": ValueError("password='s3cr3t-xyz'"),
-    })
+    event = processor(
+        None,
+        "info",
+        {
+            "error": "connection to postgresql://app:s3cr3t-xyz@db:5432/app failed",
+            "detail": {"conninfo": ["host=db password=s3cr3t-xyz"]},
+            "exc": ValueError("password='s3cr3t-xyz'"),
+        },
+    )
     assert "s3cr3t-xyz" not in repr(event)
 
 
@@ -105,14 +125,21 @@ def test_password_in_a_connection_error_is_redacted(db: Database) -> None:
     result = db.run("migrate", env=db.env(DATABASE_URL=conninfo))
     assert result.code == 2
     unredacted = subprocess.run(
-        ["python3", "-c", f"import psycopg\ntry: psycopg.connect({conninfo!r})\nexcept Exception as e: print(e)"],
-        capture_output=True, text=True, check=False)
+        [sys.executable, "-c", f"import psycopg\ntry: psycopg.connect({conninfo!r})\nexcept Exception as e: print(e)"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert secret in unredacted.stdout  # the driver's own message does carry it ...
     assert secret not in result.stdout + result.stderr  # ... ours does not
     db.write("001_a.sql", CREATE_A)
     url_secret = "pw-url-5521"
-    result = db.run("migrate", "--connect-timeout", "1s",
-                    env=db.env(DATABASE_URL=f"postgresql://postgres:{url_secret}@127.0.0.1:{db.cluster.port}/{db.name}"))
+    result = db.run(
+        "migrate",
+        "--connect-timeout",
+        "1s",
+        env=db.env(DATABASE_URL=f"postgresql://postgres:{url_secret}@127.0.0.1:{db.cluster.port}/{db.name}"),
+    )
     assert result.code == 5
     assert url_secret not in result.stdout + result.stderr
 
@@ -238,8 +265,11 @@ def test_failed_migration_alert_fires_and_resolves_in_prometheus(db: Database, t
     db.write("002_bad.sql", "SELECT 1/0;\n")
 
     def firing() -> list[str]:
-        return [a["state"] for a in alerts(prom) if a["labels"].get("alertname") == "MigrationRunnerFailed"
-                and a["labels"].get("database") == db.name]
+        return [
+            a["state"]
+            for a in alerts(prom)
+            if a["labels"].get("alertname") == "MigrationRunnerFailed" and a["labels"].get("database") == db.name
+        ]
 
     with pushgateway() as gateway, prometheus(gateway, tmp_path) as prom:
         assert db.run("migrate", "--pushgateway-url", gateway).code == 1

@@ -14,8 +14,14 @@ from runner.plan import AppliedRow, make_plan
 
 def migration(version: int, body: str = "") -> Migration:
     sql = body or f"SELECT {version};"
-    return Migration(version, f"{version:03d}_m.sql", Path(f"{version:03d}_m.sql"), sql,
-                     hashlib.sha256(sql.encode()).hexdigest(), Directives())
+    return Migration(
+        version,
+        f"{version:03d}_m.sql",
+        Path(f"{version:03d}_m.sql"),
+        sql,
+        hashlib.sha256(sql.encode()).hexdigest(),
+        Directives(),
+    )
 
 
 def row(m: Migration, *, checksum: str | None = "same", success: bool = True) -> AppliedRow:
@@ -106,7 +112,9 @@ def test_plan_invariants(case: tuple[list[Migration], list[AppliedRow]], target:
     assert not any(m.name in succeeded for m in plan.pending)
     assert [m.version for m in plan.pending] == sorted(m.version for m in plan.pending)
     assert all(target is None or m.version <= target for m in plan.pending)
-    expected_changed = {m.name for m in files if m.name in succeeded and succeeded[m.name].checksum not in (None, m.checksum)}
+    expected_changed = {
+        m.name for m in files if m.name in succeeded and succeeded[m.name].checksum not in (None, m.checksum)
+    }
     assert {m.name for m in plan.changed} == expected_changed
     assert {r.name for r in plan.unknown} == set(succeeded) - {m.name for m in files}
     untouched = [m for m in files if m.name not in succeeded]

@@ -48,12 +48,17 @@ def test_ddl_behind_a_long_transaction_does_not_stall_readers(db: Database) -> N
     events = parse_events(out)
     retries = [e for e in events if e["event"] == "ddl_lock_retry"]
     assert len(retries) >= 2
-    assert any(b["application_name"] == "long-report" and b["state"] == "idle in transaction"
-               for e in retries for b in e["blockers"])
+    assert any(
+        b["application_name"] == "long-report" and b["state"] == "idle in transaction"
+        for e in retries
+        for b in e["blockers"]
+    )
     assert {"pid", "xact_age", "query"} <= set(retries[0]["blockers"][0])
     assert len(probe_waits) > 50
     assert max(probe_waits) < 0.3 + 0.7  # the lock timeout plus scheduling slack; without it: ~4 s
-    assert db.query("SELECT count(*) FROM information_schema.columns WHERE table_name = 't' AND column_name = 'note'") == [(1,)]
+    assert db.query(
+        "SELECT count(*) FROM information_schema.columns WHERE table_name = 't' AND column_name = 'note'"
+    ) == [(1,)]
 
 
 def test_ddl_lock_retries_exhausted_fails_the_migration(db: Database) -> None:
@@ -65,7 +70,7 @@ def test_ddl_lock_retries_exhausted_fails_the_migration(db: Database) -> None:
         result = db.run("migrate", "--ddl-lock-timeout", "100ms", "--ddl-lock-retries", "2")
     assert result.code == 1
     assert len(result.named("ddl_lock_retry")) == 2
-    (_name, success, _checksum, error), = db.history()
+    ((_name, success, _checksum, error),) = db.history()
     assert success is False
     assert "55P03" in error
     assert "after 2 retries" in error
@@ -73,9 +78,12 @@ def test_ddl_lock_retries_exhausted_fails_the_migration(db: Database) -> None:
 
 def test_file_directive_overrides_lock_timeout(db: Database) -> None:
     """-- runner: lock-timeout=... is applied with SET LOCAL for that file only."""
-    db.write("001_a.sql", "-- runner: lock-timeout=1234ms statement-timeout=7s\n"
-                          "CREATE TABLE seen AS SELECT current_setting('lock_timeout') AS lt,"
-                          " current_setting('statement_timeout') AS st;\n")
+    db.write(
+        "001_a.sql",
+        "-- runner: lock-timeout=1234ms statement-timeout=7s\n"
+        "CREATE TABLE seen AS SELECT current_setting('lock_timeout') AS lt,"
+        " current_setting('statement_timeout') AS st;\n",
+    )
     db.write("002_b.sql", "CREATE TABLE seen2 AS SELECT current_setting('lock_timeout') AS lt;\n")
     assert db.run("migrate", "--ddl-lock-timeout", "5s").code == 0
     assert db.query("SELECT lt, st FROM seen") == [("1234ms", "7s")]
@@ -86,7 +94,9 @@ def test_failed_unique_cic_is_rebuilt_valid_on_retry(db: Database) -> None:
     """A unique CREATE INDEX CONCURRENTLY fails on duplicates and leaves an INVALID index; once the data
     is fixed, the rerun drops it and builds a valid one (IF NOT EXISTS alone would keep the invalid one)."""
     db.query("CREATE TABLE users (email text); INSERT INTO users VALUES ('a@x'), ('a@x'), ('b@x')")
-    db.write("001_unique_email.sql", "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS users_email_key ON users (email);\n")
+    db.write(
+        "001_unique_email.sql", "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS users_email_key ON users (email);\n"
+    )
     failed = db.run("migrate")
     assert failed.code == 1
     assert failed.one("migration_failed")["sqlstate"] == "23505"
@@ -166,8 +176,9 @@ def pgbouncer(db: Database) -> Iterator[int]:
         for path in (workdir, auth, config):
             os.chown(path, nobody.pw_uid, nobody.pw_gid)
         as_user = {"user": "nobody"}
-    proc = subprocess.Popen([binary("pgbouncer"), str(config)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, **as_user)  # type: ignore[call-overload]
+    proc = subprocess.Popen(
+        [binary("pgbouncer"), str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **as_user
+    )  # type: ignore[call-overload]
     try:
         time.sleep(1.0)
         assert proc.poll() is None, (workdir / "pgbouncer.log").read_text()

@@ -90,8 +90,10 @@ def tls_server() -> Iterator[tuple[Cluster, trustme.CA]]:
 
 
 def tls_env(db: Database, cluster: Cluster, host: str, ca_file: Path) -> dict[str, str]:
-    url = (f"postgresql://postgres:{cluster.password}@{host}:{cluster.port}/postgres"
-           f"?sslmode=verify-full&sslrootcert={ca_file}")
+    url = (
+        f"postgresql://postgres:{cluster.password}@{host}:{cluster.port}/postgres"
+        f"?sslmode=verify-full&sslrootcert={ca_file}"
+    )
     return db.env(DATABASE_URL=url)
 
 
