@@ -1,9 +1,11 @@
 """Command line: argparse subcommands; maps exceptions to the documented exit codes.
 
 Invariants:
-- Every option of ``config.OPTIONS`` is accepted by every subcommand, as a flag or as its
-  ``RUNNER_*`` variable.
-- SIGTERM and SIGINT (and ``--deadline``, via SIGALRM) raise ``Interrupted`` once; psycopg
+- Each subcommand accepts exactly the options of ``config.OPTIONS`` that it uses (as a flag
+  or as its ``RUNNER_*`` variable); any other flag is a usage error (exit 2).
+- Results (tables, JSON, the path ``new`` wrote) go to stdout, log events to stderr.
+- No input ends in a traceback: an unexpected exception is logged as ``run_failed``.
+- SIGTERM, SIGINT and SIGHUP (and ``--deadline``, via SIGALRM) raise ``Interrupted`` once; psycopg
   then cancels the running statement on the server, the migration rolls back, its failure
   row is written, the lock is released, and the process exits 143 or 130.
 - Every run ends with one ``run_finished`` event carrying its ``exit_code``.
@@ -17,11 +19,10 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from types import FrameType
 
 from runner import __version__, config, migrate, observe
-from runner.errors import ConfigError, ExitCode, Interrupted, RunnerError, ValidationError
+from runner.errors import ConfigError, ExitCode, Interrupted, Problem, RunnerError, ValidationError
 
 COMMANDS = {
     "migrate": "apply pending migrations under the advisory lock (the default job)",
@@ -35,46 +36,55 @@ COMMANDS = {
     "verify": "apply every migration twice in a scratch database and prove the second pass changes nothing",
     "rehearse": "copy a database (pg_dump) into a scratch database and apply the pending migrations there",
 }
-REPORT_COMMANDS = {"lint", "verify", "rehearse"}  # their report goes to stdout, their log to stderr
 EPILOG = """exit codes: 0 done or nothing to do, 1 a migration failed, 2 usage or configuration error,
 3 validation failed, 4 lock not acquired in time, 5 database unreachable or unusable,
 6 wait timed out, 130/143 interrupted by SIGINT/SIGTERM (or --deadline)."""
 
 
-def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
-    """The parser; options are attached to ``selected`` only (or to every command if None).
+def add_options(command: argparse.ArgumentParser, name: str) -> None:
+    """Attach the options ``name`` uses (``config.OPTIONS``) and its own arguments."""
+    for option in config.OPTIONS:
+        if name not in option.commands:
+            continue
+        variables = ", ".join(option.env)
+        default = f"; default {option.default}" if option.default else ""
+        if option.flag_only_value:
+            command.add_argument(
+                f"--{option.name}", action="store_true", default=None, help=f"{option.help} [{variables}]"
+            )
+        else:
+            command.add_argument(f"--{option.name}", help=f"{option.help} [{variables}{default}]")
+    if name == "status":
+        command.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    elif name == "new":
+        command.add_argument("name", help="description in lower_snake_case")
+    elif name == "lint":
+        from runner import lint  # noqa: PLC0415 - only lint needs the rules
 
-    Building all options of all commands costs milliseconds at every pod start.
+        lint.add_arguments(command)
+    elif name == "baseline":
+        command.add_argument("baseline_version", metavar="VERSION", type=int, help="last version to mark")
+
+
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    """The parser; each command gets only the options it uses (``--help`` per command).
+
+    Options are attached to ``selected`` only (or to every command if None): building every
+    command's options costs milliseconds at every pod start.
     """
     parser = argparse.ArgumentParser(
         prog="migration-runner",
         epilog=EPILOG,
         description="Apply NNN_description.sql migrations to PostgreSQL, in order, exactly once, "
-        "under an advisory lock, each in its own transaction with its history row.",
+        "under an advisory lock, each in its own transaction with its history row. "
+        "Results go to stdout, logs to stderr.",
     )
     parser.add_argument("--version", action="version", version=f"migration-runner {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG)
-        if selected not in {None, name}:
-            continue
-        for option in config.OPTIONS:
-            variables = ", ".join(option.env)
-            default = f"; default {option.default}" if option.default else ""
-            if option.flag_only_value:
-                command.add_argument(
-                    f"--{option.name}", action="store_true", default=None, help=f"{option.help} [{variables}]"
-                )
-            else:
-                command.add_argument(f"--{option.name}", help=f"{option.help} [{variables}{default}]")
-        if name == "status":
-            command.add_argument("--json", action="store_true", help="print JSON instead of a table")
-        if name == "new":
-            command.add_argument("name", help="description in lower_snake_case")
-        if name == "lint":
-            command.add_argument("files", nargs="*", metavar="FILE", help="files to lint (default: the directory)")
-        if name == "baseline":
-            command.add_argument("baseline_version", metavar="VERSION", type=int, help="last version to mark")
+        if selected in {None, name}:
+            add_options(command, name)
     return parser
 
 
@@ -106,7 +116,7 @@ def install_signal_handlers(deadline: float) -> None:
         signal.setitimer(signal.ITIMER_REAL, CLEANUP_GRACE_S)
         raise Interrupted(reason, code)
 
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM):
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGALRM):
         signal.signal(signum, handler)
     if deadline > 0:
         signal.setitimer(signal.ITIMER_REAL, deadline)
@@ -156,30 +166,13 @@ def run(settings: config.Settings, args: argparse.Namespace) -> None:
     elif command == "wait":
         migrate.wait(settings)
     elif command == "lint":
-        run_lint(settings, [Path(name) for name in args.files])
+        from runner import lint  # noqa: PLC0415 - only lint needs the rules
+
+        lint.command(settings, args)
     elif command == "verify":
         run_verify(settings)
     elif command == "rehearse":
         run_rehearse(settings)
-
-
-def run_lint(settings: config.Settings, paths: list[Path]) -> None:
-    from runner import discover, lint  # noqa: PLC0415 - only lint needs the rules
-
-    files = paths or [m.path for m in discover.discover(settings.migrations_dir)]
-    findings = lint.lint_paths(files)
-    if settings.report_format == "json":
-        import json  # noqa: PLC0415
-
-        print(json.dumps([f.as_dict() for f in findings], indent=2))
-    else:
-        for finding in findings:
-            print(finding)
-        errors = sum(f.severity == "error" for f in findings)
-        print(f"{len(files)} files, {errors} errors, {len(findings) - errors} warnings")
-    errors_found = [str(f) for f in findings if f.severity == "error"]
-    if errors_found:
-        raise ValidationError(errors_found)
 
 
 def run_verify(settings: config.Settings) -> None:
@@ -196,7 +189,7 @@ def run_verify(settings: config.Settings) -> None:
         ok = "verified: every migration is idempotent (the second pass changed nothing)"
         print("\n".join(findings) if findings else ok)
     if findings:
-        raise ValidationError(findings)
+        raise ValidationError([Problem("verify", finding) for finding in findings])
 
 
 def run_rehearse(settings: config.Settings) -> None:
@@ -235,12 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunnerError as exc:
         print(f"migration-runner: {config.redact(str(exc))}", file=sys.stderr)
         return int(exc.exit_code)
-    report_on_stdout = (command == "status" and args.json) or command in REPORT_COMMANDS
     observe.configure(
-        fmt=settings.log_format,
-        level=settings.log_level,
-        scrub=lambda text: config.redact(text, settings.secrets),
-        stream=sys.stderr if report_on_stdout else sys.stdout,
+        fmt=settings.log_format, level=settings.log_level, scrub=lambda text: config.redact(text, settings.secrets)
     )
     observe.bind(database=settings.database_label)
     log = observe.logger()
@@ -256,8 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Interrupted as exc:
         exit_code = exc.exit_code
         log.error("migration_aborted", reason=exc.reason)
-    except RunnerError as exc:
-        exit_code = exc.exit_code
+    except (RunnerError, Exception) as exc:  # noqa: BLE001 - no input may end in a traceback
+        exit_code = exc.exit_code if isinstance(exc, RunnerError) else ExitCode.MIGRATION_FAILED
         detail = {
             "sqlstate": getattr(exc, "sqlstate", None),
             "line": getattr(exc, "line", None),
@@ -271,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, signal.SIG_IGN)
     duration_s = time.monotonic() - started
     fields = {}
@@ -295,12 +284,13 @@ def entry() -> None:
     remain; what is left is flushing output. Interpreter teardown (freeing every module and
     object) would add about 30 ms to every pod start, so the process ends with ``os._exit``.
     """
+    out, err = observe.SafeStream(sys.stdout), observe.SafeStream(sys.stderr)
+    sys.stdout, sys.stderr = out, err
     code = main()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except OSError:
-            code = code or int(ExitCode.USAGE)  # output lost (closed pipe): do not report success
+    out.flush()
+    err.flush()
+    if out.lost:
+        code = code or int(ExitCode.USAGE)  # the results were not written (closed pipe, full disk)
     os._exit(code)
 
 

@@ -2,11 +2,16 @@
 
 Invariants:
 - A flag beats its ``RUNNER_*`` variable, which beats the legacy variable (``DATABASE_URL``,
-  ``MIGRATIONS_DIR``), which beats the default. ``OPTIONS`` is the single list of options;
-  the CLI and the README table are derived from it.
+  ``MIGRATIONS_DIR``), which beats the default. ``OPTIONS`` is the single list of options,
+  each with the commands that use it; the CLI, its per-command ``--help`` and the README
+  table are derived from it. An option is read only for the commands that use it.
 - Every password the runner can know of (URL, ``PGPASSWORD``, the passfile) is in
   ``Settings.secrets`` and is removed by ``redact`` from anything shown to a person.
+- A connection string libpq cannot parse, or whose numeric options are not numbers, is a
+  ``ConfigError`` (exit 2) before anything connects; it is parsed with psycopg's own
+  ``conninfo`` functions.
 - The database URL itself never appears in ``repr(settings)``.
+- ``parse_duration`` is the one duration grammar (flags, variables and file directives).
 """
 
 from __future__ import annotations
@@ -17,131 +22,118 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import quote
 
 from runner import __version__
 from runner.errors import ConfigError
 
+DATABASE = frozenset({"migrate", "status", "validate", "baseline", "repair", "wait", "verify", "rehearse"})
+LOCKING = frozenset({"migrate", "baseline", "repair"})
+EXECUTING = frozenset({"migrate", "verify", "rehearse"})
+EVERY = frozenset({*DATABASE, "new", "lint"})
+
 
 @dataclass(frozen=True)
 class Option:
-    """One setting: its flag, its variables (first wins) and its default."""
+    """One setting: its flag, its variables (first wins), its default and the commands using it."""
 
     name: str
     env: tuple[str, ...]
     default: str | None
     help: str
+    commands: frozenset[str]
     flag_only_value: bool = False  # a switch: present means "true"
 
 
+def _option(
+    name: str, default: str | None, help_text: str, commands: frozenset[str], *legacy: str, switch: bool = False
+) -> Option:
+    return Option(name, (f"RUNNER_{name.upper().replace('-', '_')}", *legacy), default, help_text, commands, switch)
+
+
 OPTIONS: tuple[Option, ...] = (
-    Option(
+    _option(
         "database-url",
-        ("RUNNER_DATABASE_URL", "DATABASE_URL"),
         None,
         "libpq URI or key=value string; prefer the variable or a file to a flag",
+        DATABASE,
+        "DATABASE_URL",
     ),
-    Option(
+    _option(
         "database-url-file",
-        ("RUNNER_DATABASE_URL_FILE", "DATABASE_URL_FILE"),
         None,
         "read the database URL from this file (a mounted Secret)",
+        DATABASE,
+        "DATABASE_URL_FILE",
     ),
-    Option(
-        "migrations-dir",
-        ("RUNNER_MIGRATIONS_DIR", "MIGRATIONS_DIR"),
-        "./migrations",
-        "directory holding NNN_description.sql files",
-    ),
-    Option(
+    _option("migrations-dir", "./migrations", "directory holding NNN_description.sql files", EVERY, "MIGRATIONS_DIR"),
+    _option(
         "history-table",
-        ("RUNNER_HISTORY_TABLE",),
         "migration_history",
         "history table, optionally schema-qualified (ops.migration_history)",
+        DATABASE,
     ),
-    Option(
-        "lock-key",
-        ("RUNNER_LOCK_KEY",),
-        None,
-        "advisory lock key (signed 64-bit); default: derived from database and table",
+    _option(
+        "lock-key", None, "advisory lock key (signed 64-bit); default: derived from the resolved history table", LOCKING
     ),
-    Option(
-        "lock-wait-timeout",
-        ("RUNNER_LOCK_WAIT_TIMEOUT",),
-        "600s",
-        "give up waiting for the advisory lock after this long (exit 4)",
-    ),
-    Option(
-        "connect-timeout", ("RUNNER_CONNECT_TIMEOUT",), "60s", "keep retrying the first connection this long (exit 5)"
-    ),
-    Option(
-        "ddl-lock-timeout", ("RUNNER_DDL_LOCK_TIMEOUT",), "5s", "SET LOCAL lock_timeout for each migration transaction"
-    ),
-    Option(
-        "ddl-lock-retries", ("RUNNER_DDL_LOCK_RETRIES",), "10", "retries of a migration that hit lock_timeout (55P03)"
-    ),
-    Option(
-        "statement-timeout",
-        ("RUNNER_STATEMENT_TIMEOUT",),
-        "0",
-        "SET LOCAL statement_timeout for each migration; 0 disables",
-    ),
-    Option(
-        "deadline",
-        ("RUNNER_DEADLINE",),
-        "0",
-        "overall time limit of the run; on expiry behave as on SIGTERM; 0 disables",
-    ),
-    Option("target", ("RUNNER_TARGET",), None, "migrate: stop after this version"),
-    Option(
+    _option("lock-wait-timeout", "600s", "give up waiting for the advisory lock after this long (exit 4)", LOCKING),
+    _option("connect-timeout", "60s", "keep retrying the first connection this long (exit 5)", DATABASE),
+    _option("ddl-lock-timeout", "5s", "lock_timeout of each migration (SET LOCAL)", EXECUTING),
+    _option("ddl-lock-retries", "10", "retries of a migration that hit lock_timeout (55P03)", EXECUTING),
+    _option("statement-timeout", "0", "statement_timeout of each migration (SET LOCAL); 0 disables", EXECUTING),
+    _option("role", None, "run every migration as this role (SET ROLE): it owns what they create", EXECUTING),
+    _option("deadline", "0", "overall time limit of the run; on expiry behave as on SIGTERM; 0 disables", DATABASE),
+    _option("target", None, "stop after this version", frozenset({"migrate"})),
+    _option(
         "strict",
-        ("RUNNER_STRICT",),
         "false",
         "treat applied migrations with no file as an error (exit 3)",
-        flag_only_value=True,
+        frozenset({"migrate", "validate", "status", "wait"}),
+        switch=True,
     ),
-    Option("wait-timeout", ("RUNNER_WAIT_TIMEOUT",), "600s", "wait: give up after this long (exit 6)"),
-    Option(
+    _option("wait-timeout", "600s", "give up after this long (exit 6)", frozenset({"wait"})),
+    _option(
         "pushgateway-url",
-        ("RUNNER_PUSHGATEWAY_URL",),
         None,
         "push metrics to this Pushgateway (when the lock wait starts, and at the end)",
+        frozenset({"migrate"}),
     ),
-    Option("metrics-job", ("RUNNER_METRICS_JOB",), "migration-runner", "the job label of pushed metrics"),
-    Option("metrics-port", ("RUNNER_METRICS_PORT",), None, "serve /metrics on this port while the run lasts"),
-    Option("metrics-linger", ("RUNNER_METRICS_LINGER",), "0", "keep serving /metrics this long after the run ends"),
-    Option(
+    _option("metrics-job", "migration-runner", "the job label of pushed metrics", frozenset({"migrate"})),
+    _option("metrics-port", None, "serve /metrics on this port while the run lasts", frozenset({"migrate"})),
+    _option("metrics-linger", "0", "keep serving /metrics this long after the run ends", frozenset({"migrate"})),
+    _option(
         "metrics-file",
-        ("RUNNER_METRICS_FILE",),
         None,
         "write metrics in the textfile-collector format to this path (atomically)",
+        frozenset({"migrate"}),
     ),
-    Option(
+    _option(
         "scratch-url",
-        ("RUNNER_SCRATCH_URL",),
         None,
-        "verify/rehearse: server for the scratch database (default: the database URL's server)",
+        "server for the scratch database (default: the database URL's server)",
+        frozenset({"verify", "rehearse"}),
     ),
-    Option("from-url", ("RUNNER_FROM_URL",), None, "rehearse: the database to copy (pg_dump)"),
-    Option(
-        "schema-only", ("RUNNER_SCHEMA_ONLY",), "false", "rehearse: copy the schema without data", flag_only_value=True
-    ),
-    Option("pg-bin", ("RUNNER_PG_BIN",), None, "rehearse: directory holding pg_dump and pg_restore"),
-    Option("format", ("RUNNER_FORMAT",), "human", "lint/verify/rehearse report: human or json"),
-    Option("log-format", ("RUNNER_LOG_FORMAT",), None, "json or console; default: json unless stdout is a terminal"),
-    Option("log-level", ("RUNNER_LOG_LEVEL",), "info", "debug, info, warning or error"),
+    _option("from-url", None, "the database to copy (pg_dump)", frozenset({"rehearse"})),
+    _option("schema-only", "false", "copy the schema without data", frozenset({"rehearse"}), switch=True),
+    _option("pg-bin", None, "directory holding pg_dump and pg_restore", frozenset({"rehearse"})),
+    _option("format", "human", "report format: human or json", frozenset({"verify", "rehearse"})),
+    _option("log-format", None, "json or console; default: json unless stderr is a terminal", EVERY),
+    _option("log-level", "info", "debug, info, warning or error", EVERY),
 )
+BY_NAME = {option.name: option for option in OPTIONS}
 
-DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|m|min|h)?\s*$")
-DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|sec|m|min|h|d)?\s*$")
+DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 URL_USERINFO = re.compile(r"(://[^:/?#@\s]*:)[^@\s]*@")
 PASSWORD_PAIR = re.compile(r"""(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&'"]+)""", re.IGNORECASE)
-KEY_VALUE = re.compile(r"""(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)""")
 # In a key=value string a password runs to the next "key=": libpq echoes stray words of an
 # unquoted password with spaces in its parse errors, so every word of it is a secret.
 LOOSE_PASSWORD = re.compile(r"""password\s*=\s*('(?:[^'\\]|\\.)*'|.*?)(?=\s+[A-Za-z_]+\s*=|\s*$)""", re.IGNORECASE)
+URL_PASSWORD = re.compile(r"://[^:/?#@\s]*:([^@\s]*)@")
 MIN_SECRET_LENGTH = 4  # shorter secrets would mangle ordinary words; the patterns still apply
+INTEGER_CONNINFO = ("connect_timeout", "keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count")
+LOCK_KEY_RANGE = (-(2**63), 2**63 - 1)
 
 
 @dataclass(frozen=True)
@@ -159,6 +151,7 @@ class Settings:
     ddl_lock_timeout: float
     ddl_lock_retries: int
     statement_timeout: float
+    role: str | None
     deadline: float
     target: int | None
     strict: bool
@@ -181,18 +174,21 @@ class Settings:
 
 
 def parse_duration(name: str, value: str) -> float:
-    """Seconds from ``90``, ``90s``, ``500ms``, ``5m``, ``5min``, ``1h``."""
+    """Seconds from ``90``, ``90s``, ``500ms``, ``5m``, ``5min``, ``1h``, ``1d``."""
     match = DURATION.match(value)
     if not match:
         raise ConfigError(f"--{name}: {value!r} is not a duration (e.g. 30s, 500ms, 5min)")
     return float(match.group(1)) * DURATION_UNITS[match.group(2)]
 
 
-def parse_int(name: str, value: str) -> int:
+def parse_int(name: str, value: str, bounds: tuple[int, int] | None = None) -> int:
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise ConfigError(f"--{name}: {value!r} is not a whole number") from None
+    if bounds and not bounds[0] <= number <= bounds[1]:
+        raise ConfigError(f"--{name}: {number} is outside {bounds[0]}..{bounds[1]}")
+    return number
 
 
 def parse_bool(name: str, value: str) -> bool:
@@ -202,6 +198,12 @@ def parse_bool(name: str, value: str) -> bool:
     if lowered in {"0", "false", "no", "off", ""}:
         return False
     raise ConfigError(f"--{name}: {value!r} is not true or false")
+
+
+def parse_identifier(name: str, value: str) -> str:
+    if not IDENTIFIER.match(value):
+        raise ConfigError(f"--{name}: {value!r} is not a plain lower-case SQL identifier (letters, digits, _)")
+    return value
 
 
 def parse_history_table(value: str) -> tuple[str | None, str]:
@@ -215,22 +217,39 @@ def parse_history_table(value: str) -> tuple[str | None, str]:
     return (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
 
 
+def conninfo(name: str, url: str, secrets: frozenset[str]) -> dict[str, str]:
+    """Read a connection string the way libpq does of a connection string; exit 2 if libpq cannot use it."""
+    from psycopg import ProgrammingError  # noqa: PLC0415 - only commands given a URL pay for psycopg
+    from psycopg.conninfo import conninfo_to_dict  # noqa: PLC0415
+
+    try:
+        params = {key: str(value) for key, value in conninfo_to_dict(url).items()}
+    except ProgrammingError as exc:
+        raise ConfigError(f"--{name}: libpq cannot parse it: {redact(str(exc).strip(), secrets)}") from None
+    for key in ("port", *INTEGER_CONNINFO):
+        for part in params[key].split(",") if key in params else ():
+            valid = part.isascii() and part.isdigit() and (key != "port" or 1 <= int(part) <= 65535)
+            if not valid:
+                raise ConfigError(f"--{name}: {key}={part!r} is not a valid {'port' if key == 'port' else 'number'}")
+    return params
+
+
 def url_secrets(url: str) -> set[str]:
-    """Passwords inside a libpq URI or key=value connection string."""
+    """Passwords inside a libpq URI or key=value string, also when libpq cannot parse it."""
     found: set[str] = set()
-    if "://" in url:
-        try:
-            parts = urlsplit(url)
-            if parts.password:
-                found.update({parts.password, unquote(parts.password)})
-            found.update(parse_qs(parts.query).get("password", []))
-        except ValueError:
-            pass
-    else:
-        for match in LOOSE_PASSWORD.finditer(url):
+    for pattern in (URL_PASSWORD, LOOSE_PASSWORD):
+        for match in pattern.finditer(url):
             password = match.group(1).strip("'")
             found.update({password, *password.split()})
-    return found
+    try:
+        from psycopg.conninfo import conninfo_to_dict  # noqa: PLC0415
+
+        password = conninfo_to_dict(url).get("password")
+    except Exception:  # noqa: BLE001 - an unparseable string: the patterns above found what they could
+        password = None
+    if password:
+        found.add(str(password))
+    return found - {""}
 
 
 def passfile_secrets(environ: Mapping[str, str]) -> set[str]:
@@ -266,21 +285,10 @@ def redact(text: str, secrets: frozenset[str] | set[str] = frozenset()) -> str:
     return pattern.sub("***", text) if pattern else text
 
 
-def database_label(url: str | None, environ: Mapping[str, str]) -> str:
+def database_label(params: Mapping[str, str], environ: Mapping[str, str]) -> str:
     """The database name as libpq would pick it (URL, PGDATABASE, user), for logs and metrics."""
-    name = user = None
-    if url and "://" in url:
-        try:
-            parts = urlsplit(url)
-            name = unquote(parts.path.lstrip("/")) or parse_qs(parts.query).get("dbname", [None])[0]
-            user = parts.username
-        except ValueError:
-            pass
-    elif url:
-        pairs = dict(KEY_VALUE.findall(url))
-        name, user = pairs.get("dbname"), pairs.get("user")
-    found = name or environ.get("PGDATABASE") or user or environ.get("PGUSER")
-    return redact(found.strip("'")) if found else "unknown"
+    found = params.get("dbname") or environ.get("PGDATABASE") or params.get("user") or environ.get("PGUSER")
+    return redact(found) if found else "unknown"
 
 
 def application_name(environ: Mapping[str, str]) -> str:
@@ -291,7 +299,9 @@ def application_name(environ: Mapping[str, str]) -> str:
     return "".join(ch if " " <= ch <= "~" else "?" for ch in name)[:63]
 
 
-def _raw(option: Option, flags: Mapping[str, object], environ: Mapping[str, str]) -> str | None:
+def _raw(option: Option, command: str, flags: Mapping[str, object], environ: Mapping[str, str]) -> str | None:
+    if command not in option.commands:
+        return option.default
     flag = flags.get(option.name.replace("-", "_"))
     if flag is not None and flag is not False:
         return "true" if flag is True else str(flag)
@@ -301,12 +311,11 @@ def _raw(option: Option, flags: Mapping[str, object], environ: Mapping[str, str]
     return option.default
 
 
-def _database_url(flags: Mapping[str, object], environ: Mapping[str, str]) -> str | None:
-    by_name = {option.name: option for option in OPTIONS}
-    url = _raw(by_name["database-url"], flags, environ)
+def _database_url(command: str, flags: Mapping[str, object], environ: Mapping[str, str]) -> str | None:
+    url = _raw(BY_NAME["database-url"], command, flags, environ)
     if url:
         return url.strip()
-    path = _raw(by_name["database-url-file"], flags, environ)
+    path = _raw(BY_NAME["database-url-file"], command, flags, environ)
     if not path:
         return None
     try:
@@ -318,13 +327,18 @@ def _database_url(flags: Mapping[str, object], environ: Mapping[str, str]) -> st
 def load(command: str, flags: Mapping[str, object], environ: Mapping[str, str] | None = None) -> Settings:
     """Build the frozen settings for ``command`` from parsed flags and the environment."""
     env = os.environ if environ is None else environ
-    raw = {option.name: _raw(option, flags, env) for option in OPTIONS}
-    database_url = _database_url(flags, env)
-    secrets = passfile_secrets(env) | url_secrets(database_url or "")
+    raw = {option.name: _raw(option, command, flags, env) for option in OPTIONS}
+    database_url = _database_url(command, flags, env)
+    found = passfile_secrets(env) | url_secrets(database_url or "")
     for extra in (raw["scratch-url"], raw["from-url"]):
-        secrets |= url_secrets(extra or "")
+        found |= url_secrets(extra or "")
     if env.get("PGPASSWORD"):
-        secrets.add(env["PGPASSWORD"])
+        found.add(env["PGPASSWORD"])
+    secrets = frozenset(found)
+    params = conninfo("database-url", database_url, secrets) if database_url else {}
+    for name in ("scratch-url", "from-url"):
+        if raw[name]:
+            conninfo(name, raw[name] or "", secrets)
     schema, table = parse_history_table(raw["history-table"] or "")
     log_format = raw["log-format"]
     if log_format not in {None, "json", "console"}:
@@ -345,19 +359,20 @@ def load(command: str, flags: Mapping[str, object], environ: Mapping[str, str] |
         migrations_dir=Path(raw["migrations-dir"] or "."),
         history_schema=schema,
         history_table=table,
-        lock_key=parse_int("lock-key", raw["lock-key"]) if raw["lock-key"] else None,
+        lock_key=parse_int("lock-key", raw["lock-key"], LOCK_KEY_RANGE) if raw["lock-key"] else None,
         lock_wait_timeout=duration("lock-wait-timeout"),
         connect_timeout=duration("connect-timeout"),
         ddl_lock_timeout=duration("ddl-lock-timeout"),
-        ddl_lock_retries=parse_int("ddl-lock-retries", raw["ddl-lock-retries"] or "0"),
+        ddl_lock_retries=parse_int("ddl-lock-retries", raw["ddl-lock-retries"] or "0", (0, 1000)),
         statement_timeout=duration("statement-timeout"),
+        role=parse_identifier("role", raw["role"]) if raw["role"] else None,
         deadline=duration("deadline"),
-        target=parse_int("target", raw["target"]) if raw["target"] else None,
+        target=parse_int("target", raw["target"], (0, 2**31 - 1)) if raw["target"] else None,
         strict=parse_bool("strict", raw["strict"] or ""),
         wait_timeout=duration("wait-timeout"),
         pushgateway_url=raw["pushgateway-url"],
         metrics_job=raw["metrics-job"] or "migration-runner",
-        metrics_port=parse_int("metrics-port", raw["metrics-port"]) if raw["metrics-port"] else None,
+        metrics_port=parse_int("metrics-port", raw["metrics-port"], (0, 65535)) if raw["metrics-port"] else None,
         metrics_linger=duration("metrics-linger"),
         metrics_file=raw["metrics-file"],
         scratch_url=raw["scratch-url"],
@@ -368,8 +383,8 @@ def load(command: str, flags: Mapping[str, object], environ: Mapping[str, str] |
         log_format=log_format,
         log_level=log_level,
         application_name=application_name(env),
-        database_label=database_label(database_url, env),
-        secrets=frozenset(secrets),
+        database_label=database_label(params, env),
+        secrets=secrets,
     )
 
 

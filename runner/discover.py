@@ -1,14 +1,21 @@
 """Migration files -> ``Migration`` values; statement analysis with PostgreSQL's own parser.
 
 Invariants:
-- A migration is a regular file directly in the directory named ``NNN_[a-z0-9_]+.sql``;
-  versions start at 001 and are contiguous. Other files, dot files and sub-directories are
-  ignored; any other ``*.sql`` name is an error.
+- A migration is a regular file directly in the directory named ``V_[a-z0-9_]+.sql`` where V
+  is at least three ASCII digits (``001``, ``1000``); versions start at 1 and are
+  contiguous, and are ordered numerically. Other files, dot files and sub-directories are
+  ignored; any other ``*.sql`` name (also one with surrounding spaces, or a FIFO or other
+  non-regular file so named) is an error.
 - Files are UTF-8 (a byte-order mark is dropped), hold no NUL byte, are at most
   ``MAX_FILE_BYTES``, and resolve inside the directory (no symlink escapes).
 - ``checksum`` is SHA-256 of the text with CRLF normalised to LF and no BOM.
-- ``discover`` reads and checksums every file but parses none; ``analyse`` parses one file
-  (only pending files need it) and rejects transaction control and psql meta-commands.
+- Directives (``-- runner: ...``) are read from the file's leading comment block only (the
+  lines before the first line that is neither blank nor a ``--`` comment); a ``-- runner:``
+  comment anywhere else is an ordinary comment.
+- ``discover`` reads and checksums every file but parses none; ``analyse`` parses one file and
+  refuses what the runner cannot execute as validated: transaction control, psql
+  meta-commands, ``COPY ... FROM STDIN / TO STDOUT``.
+- Problems are ``errors.Problem`` values naming file and line; nothing here formats them.
 """
 
 from __future__ import annotations
@@ -17,17 +24,21 @@ import hashlib
 import json
 import re
 import shlex
+import stat
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from runner.errors import ConfigError, ValidationError
+from runner.config import parse_duration
+from runner.errors import ConfigError, Problem, ValidationError
 
-MIGRATION_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
-DIRECTIVE_LINE = re.compile(r"^--\s*runner:(.*)$", re.MULTILINE)
-PG_DURATION = re.compile(r"^\d+(ms|s|min|h|d)?$")
+MIGRATION_NAME = re.compile(r"^([0-9]{3,})_[a-z0-9_]+\.sql$")
+DIRECTIVE = re.compile(r"^--\s*runner:(.*)$")
 MAX_FILE_BYTES = 10 * 1024 * 1024
 BOM = b"\xef\xbb\xbf"
+COMMENT_TOKENS = {"SQL_COMMENT", "C_COMMENT"}
+KNOWN_DIRECTIVES = "no-transaction, lock-timeout=, statement-timeout=, allow= reason="
 
 # Statements PostgreSQL refuses inside a transaction block (by parse-tree node type).
 NON_TRANSACTIONAL_NODES = {
@@ -41,11 +52,11 @@ NON_TRANSACTIONAL_NODES = {
 
 @dataclass(frozen=True)
 class Directives:
-    """``-- runner: ...`` header settings of one file."""
+    """``-- runner: ...`` settings of one file (from its leading comment block)."""
 
     no_transaction: bool = False
-    lock_timeout: str | None = None
-    statement_timeout: str | None = None
+    lock_timeout: float | None = None  # seconds
+    statement_timeout: float | None = None
     allow: tuple[tuple[str, str], ...] = ()  # (lint rule id, reason)
 
 
@@ -60,16 +71,46 @@ class Migration:
     checksum: str
     directives: Directives
 
+    @property
+    def label(self) -> str:
+        """The version as shown to people and used as a metric label: at least three digits."""
+        return f"{self.version:03d}"
+
 
 @dataclass(frozen=True)
 class Statement:
-    """One top-level statement: its text and the 1-based line it starts on."""
+    """One top-level statement: the exact text the parser delimited, and where it stands.
+
+    ``text`` is the file's own slice (leading comments and whitespace included, the
+    terminating semicolon excluded): what the autocommit path sends, byte for byte.
+    """
 
     text: str
-    line: int
+    offset: int  # character offset of ``text`` in the file
+    file_line: int  # 1-based line of ``offset``
     transactional: bool
-    concurrent_index: str | None = None  # name built by CREATE INDEX CONCURRENTLY
-    node: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # {"Kind": {...}}: for lint
+    concurrent_index: bool = False  # CREATE INDEX CONCURRENTLY or REINDEX CONCURRENTLY
+    node: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # {"Kind": {...}}
+
+    @cached_property
+    def lead(self) -> int:
+        """Characters of leading whitespace and comments before the first token."""
+        from pglast.parser import scan  # noqa: PLC0415 - only for error reports and lint
+
+        return next((token.start for token in scan(self.text) if token.name not in COMMENT_TOKENS), 0)
+
+    @property
+    def line(self) -> int:
+        """The 1-based file line of the statement's first token."""
+        return self.file_line + self.text.count("\n", 0, self.lead)
+
+    def line_at(self, offset: int) -> int:
+        """The 1-based file line of character ``offset`` into ``text``."""
+        return self.file_line + self.text.count("\n", 0, offset)
+
+    @property
+    def kind(self) -> str:
+        return next(iter(self.node))
 
 
 @dataclass(frozen=True)
@@ -84,66 +125,95 @@ def line_of(text: str, offset: int) -> int:
     return text.count("\n", 0, offset) + 1
 
 
-def parse_directives(name: str, sql: str) -> tuple[Directives, list[str]]:
+def leading_block(sql: str) -> list[tuple[int, str]]:
+    """(line number, text) of the file's leading comment block: blank and ``--`` lines."""
+    block = []
+    for number, line in enumerate(sql.split("\n"), start=1):
+        stripped = line.strip()
+        if stripped and not stripped.startswith("--"):
+            break
+        block.append((number, stripped))
+    return block
+
+
+def parse_directives(name: str, sql: str) -> tuple[Directives, list[Problem]]:
     """The file's directives, and a problem for each unknown or malformed one.
 
     ``allow=RULE`` must come with ``reason="..."`` on the same line (lint checks the rule id).
     """
     values: dict[str, object] = {}
     allowed: list[tuple[str, str]] = []
-    problems: list[str] = []
-    for match in DIRECTIVE_LINE.finditer(sql):
-        line = line_of(sql, match.start())
+    problems: list[Problem] = []
+
+    def problem(line: int, message: str) -> None:
+        problems.append(Problem("directive", message, name, line))
+
+    for line, text in leading_block(sql):
+        match = DIRECTIVE.match(text)
+        if not match:
+            continue
         try:
             words = shlex.split(match.group(1))
         except ValueError as exc:
-            problems.append(f"{name}:{line}: directive line does not parse: {exc}")
+            problem(line, f"directive line does not parse: {exc}")
             continue
         pairs = [word.partition("=") for word in words]
         reason = next((value for key, _, value in pairs if key == "reason"), "")
         for key, _, value in pairs:
             if key == "no-transaction" and not value:
                 values["no_transaction"] = True
-            elif key in {"lock-timeout", "statement-timeout"} and PG_DURATION.match(value):
-                values[key.replace("-", "_")] = value
             elif key in {"lock-timeout", "statement-timeout"}:
-                problems.append(f"{name}:{line}: directive {key}={value!r} needs a duration like 2s or 30min")
+                try:
+                    values[key.replace("-", "_")] = parse_duration(key, value)
+                except ConfigError:
+                    problem(line, f"directive {key}={value!r} needs a duration like 2s, 500ms or 30min")
             elif key == "allow" and value and reason:
                 allowed += [(rule, reason) for rule in value.split(",")]
             elif key == "allow":
-                problems.append(f'{name}:{line}: allow={value} needs a rule id and reason="why" on the same line')
+                problem(line, f'allow={value} needs a rule id and reason="why" on the same line')
             elif key != "reason":
-                problems.append(
-                    f"{name}:{line}: unknown directive {key + ('=' + value if value else '')!r} "
-                    "(known: no-transaction, lock-timeout=, statement-timeout=, allow= reason=)"
-                )
+                shown = key + ("=" + value if value else "")
+                problem(line, f"unknown directive {shown!r} (known: {KNOWN_DIRECTIVES})")
     return Directives(**values, allow=tuple(allowed)), problems  # type: ignore[arg-type]
 
 
-def read_migration(directory: Path, path: Path, version: int) -> tuple[Migration | None, list[str]]:
+def read_migration(directory: Path, path: Path, version: int) -> tuple[Migration | None, list[Problem]]:
     name = path.name
+
+    def problem(kind: str, message: str) -> tuple[None, list[Problem]]:
+        return None, [Problem(kind, message, name)]
+
     if not path.resolve().is_relative_to(directory.resolve()):
-        return None, [f"{name}: resolves outside the migrations directory ({path.resolve()})"]
+        return problem("file", f"resolves outside the migrations directory ({path.resolve()})")
     try:
-        if path.stat().st_size > MAX_FILE_BYTES:
-            return None, [f"{name}: {path.stat().st_size} bytes is over the {MAX_FILE_BYTES}-byte limit"]
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            return problem("file", "not a regular file (a FIFO, socket or device cannot be a migration)")
+        if info.st_size > MAX_FILE_BYTES:
+            return problem("file", f"{info.st_size} bytes is over the {MAX_FILE_BYTES}-byte limit")
         raw = path.read_bytes()
     except OSError as exc:
-        return None, [f"{name}: cannot read: {exc.strerror}"]
+        return problem("file", f"cannot read: {exc.strerror}")
     skipped = len(BOM) if raw.startswith(BOM) else 0
     raw = raw[skipped:]
-    if b"\x00" in raw:
-        offset = raw.index(b"\x00") + skipped
-        return None, [f"{name}: NUL byte at byte offset {offset}: not a text file"]
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        return problem("encoding", f"NUL byte at byte offset {nul + skipped}: not a text file")
     try:
         text = raw.decode("utf-8").replace("\r\n", "\n")
     except UnicodeDecodeError as exc:
-        return None, [f"{name}: not valid UTF-8 at byte offset {exc.start + skipped}"]
+        return problem("encoding", f"not valid UTF-8 at byte offset {exc.start + skipped}")
     if not text.strip():
-        return None, [f"{name}: file is empty"]
+        return problem("empty", "file is empty")
     directives, problems = parse_directives(name, text)
     checksum = hashlib.sha256(text.encode()).hexdigest()
     return Migration(version, name, path, text, checksum, directives), problems
+
+
+def version_of(name: str) -> int | None:
+    """The version of a migration file name, or None if it is not one."""
+    match = MIGRATION_NAME.match(name)
+    return int(match.group(1)) if match else None
 
 
 def discover(directory: Path) -> list[Migration]:
@@ -156,24 +226,29 @@ def discover(directory: Path) -> list[Migration]:
         raise ConfigError(f"migrations directory {directory} is not a directory") from None
     except OSError as exc:
         raise ConfigError(f"migrations directory {directory}: cannot list: {exc.strerror}") from None
-    problems: list[str] = []
+    problems: list[Problem] = []
     by_version: dict[int, list[Path]] = {}
     for path in entries:
         if path.name.startswith(".") or (path.is_dir() and not path.is_symlink()):
             continue
-        match = MIGRATION_NAME.match(path.name)
-        if match:
-            by_version.setdefault(int(match.group(1)), []).append(path)
-        elif path.suffix.lower() == ".sql":
+        version = version_of(path.name)
+        if version is not None:
+            by_version.setdefault(version, []).append(path)
+        elif path.name.strip().lower().endswith(".sql"):
             problems.append(
-                f"{path.name}: name must match NNN_description.sql "
-                "(three digits, lower-case letters, digits, underscores)"
+                Problem(
+                    "name",
+                    "name must match NNN_description.sql (at least three ASCII digits, then lower-case "
+                    "letters, digits and underscores)",
+                    path.name,
+                )
             )
     migrations: list[Migration] = []
     for version in sorted(by_version):
         paths = by_version[version]
         if len(paths) > 1:
-            problems.append(f"duplicate version {version:03d}: " + ", ".join(p.name for p in paths))
+            names = ", ".join(p.name for p in paths)
+            problems.append(Problem("duplicate", f"duplicate version {version:03d}: {names}"))
             continue
         migration, file_problems = read_migration(directory, paths[0], version)
         problems += file_problems
@@ -182,7 +257,8 @@ def discover(directory: Path) -> list[Migration]:
     expected = 1
     for version in sorted(by_version):
         if version != expected:
-            problems.append(f"gap in versions: {expected:03d} is missing before {by_version[version][0].name}")
+            first = by_version[version][0].name
+            problems.append(Problem("gap", f"gap in versions: {expected:03d} is missing before {first}"))
         expected = version + 1
     if problems:
         raise ValidationError(problems)
@@ -197,8 +273,29 @@ def _non_transactional(kind: str, body: dict[str, Any]) -> bool:
     if kind == "VacuumStmt":
         return bool(body.get("is_vacuumcmd"))
     if kind == "ReindexStmt":
-        return any(p.get("DefElem", {}).get("defname") == "concurrently" for p in body.get("params", ()))
+        return _reindex_concurrently(body)
     return False
+
+
+def _reindex_concurrently(body: dict[str, Any]) -> bool:
+    return any(p.get("DefElem", {}).get("defname") == "concurrently" for p in body.get("params", ()))
+
+
+def _unservable(statement: Statement) -> tuple[str, str] | None:
+    """(problem kind, why) when the runner cannot serve this statement as validated."""
+    kind, body = statement.kind, statement.node[statement.kind]
+    if kind == "TransactionStmt":
+        word = statement.text[statement.lead :].split(maxsplit=1)[0].upper()
+        return "transaction-control", (
+            f"transaction control ({word}) is not allowed: the runner wraps each migration in its own transaction"
+        )
+    if kind == "CopyStmt" and not body.get("filename") and not body.get("is_program"):
+        direction = "FROM STDIN" if body.get("is_from") else "TO STDOUT"
+        return "unservable", (
+            f"COPY ... {direction} needs a client that streams the data; the runner sends SQL only "
+            "(use INSERT, or COPY from a file on the server)"
+        )
+    return None
 
 
 def analyse(migration: Migration) -> Analysis:
@@ -215,32 +312,38 @@ def analyse(migration: Migration) -> Analysis:
     except ParseError as exc:
         message, offset = exc.args[0], exc.args[1]  # a character offset
         line = line_of(sql, offset)
+        kind = "syntax"
         if sql.splitlines()[line - 1].lstrip().startswith("\\"):
-            message = "psql meta-command: the runner sends SQL only (no \\i, \\set, \\c ...)"
-        raise ValidationError([f"{name}:{line}: {message}"]) from None
+            kind, message = "psql-meta", "psql meta-command: the runner sends SQL only (no \\i, \\set, \\c ...)"
+        raise ValidationError([Problem(kind, message, name, line)]) from None
     encoded = sql.encode()
     statements: list[Statement] = []
-    problems: list[str] = []
+    problems: list[Problem] = []
+    byte_end = char_end = line_end = 0  # where the previous slice ended, in bytes, characters, newlines
     for raw in tree.get("stmts", ()):
         start = raw.get("stmt_location", 0)
         end = start + raw["stmt_len"] if raw.get("stmt_len") else len(encoded)
-        text = encoded[start:end].decode().strip()
-        line = encoded.count(b"\n", 0, start) + 1
+        gap, text = encoded[byte_end:start].decode(), encoded[start:end].decode()
+        offset = char_end + len(gap)
+        file_line = line_end + gap.count("\n") + 1
+        byte_end, char_end, line_end = end, offset + len(text), file_line - 1 + text.count("\n")
         kind, body = next(iter(raw["stmt"].items()))
-        if kind == "TransactionStmt":
-            problems.append(
-                f"{name}:{line}: transaction control ({text.split()[0].upper()}) is not "
-                "allowed: the runner wraps each migration in its own transaction"
-            )
-            continue
-        is_cic = kind == "IndexStmt" and bool(body.get("concurrent"))
-        statements.append(
-            Statement(
-                text, line, not _non_transactional(kind, body), body.get("idxname") if is_cic else None, raw["stmt"]
-            )
+        statement = Statement(
+            text,
+            offset,
+            file_line,
+            not _non_transactional(kind, body),
+            (kind == "IndexStmt" and bool(body.get("concurrent")))
+            or (kind == "ReindexStmt" and _reindex_concurrently(body)),
+            raw["stmt"],
         )
+        refusal = _unservable(statement)
+        if refusal:
+            problems.append(Problem(refusal[0], refusal[1], name, statement.line))
+            continue
+        statements.append(statement)
     if not statements and not problems:
-        problems.append(f"{name}: has no SQL statement (only comments)")
+        problems.append(Problem("empty", "has no SQL statement (only comments)", name))
     if problems:
         raise ValidationError(problems)
     transactional = not migration.directives.no_transaction and all(s.transactional for s in statements)

@@ -6,6 +6,8 @@ its exit code; messages never contain a password (callers pass redacted text).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from enum import IntEnum
 
 
@@ -19,6 +21,7 @@ class ExitCode(IntEnum):
     LOCK_TIMEOUT = 4
     DATABASE = 5
     WAIT_TIMEOUT = 6
+    SIGHUP = 129
     SIGINT = 130
     SIGTERM = 143
 
@@ -35,14 +38,32 @@ class ConfigError(RunnerError):
     exit_code = ExitCode.USAGE
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One rule broken at one place: ``kind`` names the rule (stable, for machines and lint).
+
+    ``file`` is the file name as given (``None`` for a problem of the directory or the
+    history), ``line`` is 1-based (``None`` when the problem has no line).
+    """
+
+    kind: str
+    message: str
+    file: str | None = None
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = ":".join(part for part in (self.file, None if self.line is None else str(self.line)) if part)
+        return f"{where}: {self.message}" if where else self.message
+
+
 class ValidationError(RunnerError):
     """Migration files or their recorded history break a rule; nothing was applied."""
 
     exit_code = ExitCode.VALIDATION
 
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("; ".join(problems))
+    def __init__(self, problems: Iterable[Problem]) -> None:
         self.problems = tuple(problems)
+        super().__init__("; ".join(map(str, self.problems)))
 
 
 class LockTimeout(RunnerError):

@@ -224,15 +224,16 @@ def apply_autocommit(
         if timeouts != session:
             set_session_timeouts(conn, timeouts)
         for statement in analysis.statements:
-            if statement.concurrent_index:
-                drop_invalid_index(conn, migration, statement.concurrent_index)
+            index_name = statement.node.get("IndexStmt", {}).get("idxname")
+            if statement.concurrent_index and index_name:
+                drop_invalid_index(conn, migration, index_name)
             touched += max(conn.execute(statement.text).rowcount, 0)
         statement = None
         invalid = [
             row[0]
             for s in analysis.statements
-            if s.concurrent_index
-            for row in conn.execute(INVALID_INDEX_SQL, [s.concurrent_index]).fetchall()
+            if s.concurrent_index and s.node.get("IndexStmt", {}).get("idxname")
+            for row in conn.execute(INVALID_INDEX_SQL, [s.node["IndexStmt"]["idxname"]]).fetchall()
         ]
         if invalid:
             raise MigrationFailed(

@@ -12,13 +12,15 @@ Invariants:
 
 from __future__ import annotations
 
+import argparse
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.discover import MIGRATION_NAME, Migration, Statement, analyse, read_migration
-from runner.errors import ValidationError
+from runner.config import Settings
+from runner.discover import MIGRATION_NAME, Migration, Statement, analyse, discover, read_migration
+from runner.errors import Problem, ValidationError
 
 RULES: dict[str, tuple[str, str]] = {
     # id: (severity, fix hint)
@@ -216,10 +218,7 @@ def lint_migration(migration: Migration) -> list[Finding]:
         statements = analyse(migration).statements
     except ValidationError as exc:
         statements = ()
-        for problem in exc.problems:
-            where, _, message = problem.partition(": ")
-            line = int(where.rsplit(":", 1)[1]) if where.count(":") else 1
-            raw.append(("structure", message, line))
+        raw += [("structure", problem.message, problem.line or 1) for problem in exc.problems]
     created = {table for s in statements if kind(s.node) == "CreateStmt" and (table := relation(s.node))}
     for statement in statements:
         raw += [(rule, message, statement.line) for rule, message in statement_findings(statement, created)]
@@ -261,9 +260,33 @@ def lint_paths(paths: list[Path]) -> list[Finding]:
         match = MIGRATION_NAME.match(path.name)
         migration, problems = read_migration(path.parent, path, int(match.group(1)) if match else 0)
         findings += [
-            Finding("structure", "error", path.name, 1, problem.partition(": ")[2] or problem, RULES["structure"][1])
+            Finding("structure", "error", path.name, problem.line or 1, problem.message, RULES["structure"][1])
             for problem in problems
         ]
         if migration is not None:
             findings += lint_migration(migration)
     return findings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``lint`` command's own arguments (besides ``--migrations-dir`` and logging)."""
+    parser.add_argument("files", nargs="*", metavar="FILE", help="files to lint (default: the directory)")
+    parser.add_argument("--format", choices=("human", "json"), default="human", help="report format")
+
+
+def command(settings: Settings, args: argparse.Namespace) -> None:
+    """``lint``: print the findings to stdout; ``ValidationError`` (exit 3) on an error finding."""
+    files = [Path(name) for name in args.files] or [m.path for m in discover(settings.migrations_dir)]
+    findings = lint_paths(files)
+    if args.format == "json":
+        import json  # noqa: PLC0415
+
+        print(json.dumps([f.as_dict() for f in findings], indent=2))
+    else:
+        for finding in findings:
+            print(finding)
+        errors = sum(f.severity == "error" for f in findings)
+        print(f"{len(files)} files, {errors} errors, {len(findings) - errors} warnings")
+    errors_found = [Problem(f.rule, f.message, f.file, f.line) for f in findings if f.severity == "error"]
+    if errors_found:
+        raise ValidationError(errors_found)

@@ -38,6 +38,7 @@ from runner.errors import (
     DdlLockTimeout,
     Interrupted,
     MigrationFailed,
+    Problem,
     ValidationError,
     WaitTimeout,
 )
@@ -178,9 +179,10 @@ def apply_one(conn: Conn, watch: BlockerWatch, migration: Migration, analysis: A
             + ("; a failure leaves earlier statements applied" if mixed else ""),
         )
     session = session_timeouts(settings)
+    lock, statement = migration.directives.lock_timeout, migration.directives.statement_timeout
     timeouts = execute.Timeouts(
-        lock=migration.directives.lock_timeout or session.lock,
-        statement=migration.directives.statement_timeout or session.statement,
+        lock=session.lock if lock is None else f"{round(lock * 1000)}ms",
+        statement=session.statement if statement is None else f"{round(statement * 1000)}ms",
     )
     attempt = 0
     while True:
@@ -368,7 +370,7 @@ def status(settings: Settings) -> dict[str, object]:
 def validate(settings: Settings, with_database: bool) -> list[Migration]:
     """Check every file (names, numbering, encoding, parse) and, with a database, the history."""
     migrations = discover(settings.migrations_dir)
-    problems: list[str] = []
+    problems: list[Problem] = []
     for migration in migrations:
         try:
             analyse(migration)
@@ -410,7 +412,7 @@ def baseline(settings: Settings, version: int) -> list[str]:
         recorded = {row.name for row in history.read(conn, table_of(settings), ensured=True)}
         clash = sorted(recorded & {m.name for m in migrations})
         if clash:
-            raise ValidationError([f"baseline refused: already recorded: {', '.join(clash)}"])
+            raise ValidationError([Problem("baseline", f"baseline refused: already recorded: {', '.join(clash)}")])
         history.insert_baseline(conn, table_of(settings), migrations)
     for migration in migrations:
         logger().info("migration_baselined", migration=migration.name, checksum=migration.checksum)

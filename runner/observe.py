@@ -1,7 +1,8 @@
 """Structured logging (structlog) and Prometheus metrics. A leaf: imports nothing from ``runner``.
 
 Invariants:
-- One event per line on stdout: JSON unless stdout is a terminal (or as configured), with an
+- One event per line on stderr (results alone go to stdout): JSON unless stderr is a terminal
+  (or as configured), with an
   ISO-8601 UTC ``timestamp``, ``level``, a stable snake_case ``event`` and the process's
   ``run_id``; ``bind`` adds fields (``database``) to every later line.
 - The ``scrub`` callable given to ``configure`` is applied to every string value, nested or
@@ -50,9 +51,42 @@ def scrubber(scrub: Callable[[str], str]) -> Callable[[Any, str, MutableMapping[
     return processor
 
 
+class SafeStream:
+    """A text stream that never raises on write: a closed pipe or a full disk is remembered.
+
+    The runner must finish its clean-up (roll back, unlock) and exit with its code whatever
+    happens to its output; ``lost`` tells the caller that something was not written.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.lost = False
+
+    def write(self, text: str) -> int:
+        if not self.lost:
+            try:
+                self.stream.write(text)
+            except (OSError, ValueError):
+                self.lost = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.lost:
+            try:
+                self.stream.flush()
+            except (OSError, ValueError):
+                self.lost = True
+
+    def isatty(self) -> bool:
+        try:
+            return self.stream.isatty()
+        except (OSError, ValueError):
+            return False
+
+
 def configure(*, fmt: str | None, level: str, scrub: Callable[[str], str], stream: TextIO | None = None) -> None:
     """Set up structlog once per process; see the module docstring."""
-    out = stream or sys.stdout
+    out = stream or sys.stderr
     json = fmt == "json" or (fmt is None and not out.isatty())
     renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
     structlog.configure(

@@ -29,7 +29,7 @@ def discover_and_analyse(directory: Path) -> None:
 def problems(directory: Path) -> str:
     with pytest.raises(ValidationError) as info:
         discover_and_analyse(directory)
-    return "; ".join(info.value.problems)
+    return "; ".join(map(str, info.value.problems))
 
 
 def test_orders_by_version_and_ignores_other_files(tmp_path: Path) -> None:
@@ -173,9 +173,9 @@ def test_directives(tmp_path: Path) -> None:
         migration.directives.no_transaction,
         migration.directives.lock_timeout,
         migration.directives.statement_timeout,
-    ) == (True, "2s", "30min")
+    ) == (True, 2.0, 1800.0)
     assert not analyse(migration).transactional
-    write(tmp_path, "001_a.sql", "SELECT 1;\n-- runner: fast-mode\n")
+    write(tmp_path, "001_a.sql", "-- Migration: 001_a.sql\n-- runner: fast-mode\nSELECT 1;\n")
     assert "001_a.sql:2: unknown directive 'fast-mode'" in problems(tmp_path)
     write(tmp_path, "001_a.sql", "-- runner: lock-timeout=soon\nSELECT 1;\n")
     assert "lock-timeout='soon' needs a duration" in problems(tmp_path)
@@ -223,3 +223,46 @@ def test_statements_after_multibyte_text_keep_their_text_and_line(tmp_path: Path
         ("SELECT 'ééé', 'ß'", 2),
         ("CREATE TABLE IF NOT EXISTS b (x text DEFAULT 'ø')", 4),
     ]
+
+
+def test_directives_only_in_the_leading_comment_block(tmp_path: Path) -> None:
+    """A `-- runner:` comment after the first statement, or inside a function body, is just a comment."""
+    body = (
+        "-- Migration: 001_a.sql\n\nCREATE OR REPLACE FUNCTION f() RETURNS int LANGUAGE sql AS $$\n"
+        "-- runner: no-transaction\nSELECT 1\n$$;\n-- runner: called by the nightly job\nSELECT f();\n"
+    )
+    write(tmp_path, "001_a.sql", body)
+    (migration,) = discover(tmp_path)
+    assert migration.directives.no_transaction is False
+    assert analyse(migration).transactional
+
+
+@pytest.mark.parametrize(
+    "name", ["\u0660\u0660\u0661_arabic.sql", "\uff10\uff10\uff11_fullwidth.sql", " 001_a.sql", "001_a.sql "]
+)
+def test_versions_are_ascii_digits_and_names_have_no_spaces(tmp_path: Path, name: str) -> None:
+    """Arabic-Indic or fullwidth digits, and surrounding spaces, make a bad name (exit 3), not a version."""
+    write(tmp_path, name, "SELECT 1;")
+    assert repr(name)[1:-1] in problems(tmp_path) or name in problems(tmp_path)
+
+
+def test_fifo_is_refused_without_hanging(tmp_path: Path) -> None:
+    """A FIFO named like a migration is a validation error; discovery never opens it."""
+    os.mkfifo(tmp_path / "001_a.sql")
+    assert "001_a.sql: not a regular file" in problems(tmp_path)
+
+
+def test_versions_past_999_sort_numerically(tmp_path: Path) -> None:
+    """1000_x.sql follows 999_x.sql: versions are numbers of at least three digits."""
+    for version in range(1, 1002):
+        write(tmp_path, f"{version:03d}_m.sql", "SELECT 1;")
+    found = discover(tmp_path)
+    assert [m.name for m in found[-3:]] == ["999_m.sql", "1000_m.sql", "1001_m.sql"]
+    assert found[-1].label == "1001"
+
+
+@pytest.mark.parametrize("copy", ["COPY t FROM STDIN", "COPY t TO STDOUT", "COPY (SELECT 1) TO STDOUT"])
+def test_copy_to_or_from_the_client_is_refused(tmp_path: Path, copy: str) -> None:
+    """COPY FROM STDIN / TO STDOUT need a streaming client: a validation error naming file and line."""
+    write(tmp_path, "001_a.sql", f"SELECT 1;\n{copy};\n")
+    assert "001_a.sql:2: COPY ... " in problems(tmp_path)

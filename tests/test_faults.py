@@ -116,7 +116,7 @@ def test_server_restart_mid_run() -> None:
         time.sleep(1.2)
         restarted_at = time.monotonic()
         cluster.restart("fast")
-        out, _ = proc.communicate(timeout=30)
+        _, out = proc.communicate(timeout=30)
         assert proc.returncode == 5, out
         assert time.monotonic() - restarted_at < 10
         assert any(e["event"] == "run_failed" and "connection" in e["error"] for e in parse_events(out))
@@ -195,7 +195,7 @@ def test_network_blackhole_mid_migration(db: Database) -> None:
         proc = db.popen("migrate", "--deadline", "4s", env=db.env(DATABASE_URL=url))
         time.sleep(1.5)
         proxy.blackhole()
-        out, _ = proc.communicate(timeout=60)
+        _, out = proc.communicate(timeout=60)
         elapsed = time.monotonic() - started
     assert proc.returncode == 143, out
     assert elapsed < 4 + 10 + 3  # deadline + clean-up grace + start-up
@@ -213,10 +213,10 @@ def test_sixty_four_runners_at_once(db: Database) -> None:
     procs = [db.popen("migrate", "--lock-wait-timeout", "120s") for _ in range(64)]
     results = [proc.communicate(timeout=180) for proc in procs]
     assert [proc.returncode for proc in procs] == [0] * 64, [
-        r[0][-500:] for r, p in zip(results, procs, strict=False) if p.returncode
+        r[1][-500:] for r, p in zip(results, procs, strict=False) if p.returncode
     ]
     assert len(assert_history_matches_objects(db, 20)) == 20
-    applied_by = [e["applied"] for out, _ in results for e in parse_events(out) if e["event"] == "run_finished"]
+    applied_by = [e["applied"] for _, out in results for e in parse_events(out) if e["event"] == "run_finished"]
     assert sum(applied_by) == 20
 
 
@@ -226,7 +226,7 @@ def test_stuck_lock_holder_makes_every_runner_exit_4(db: Database) -> None:
     with db.connect(application_name="stuck-session") as holder:
         holder.execute("SELECT pg_advisory_lock(%s)", [derive_key(db.name, "migration_history")])
         procs = [db.popen("migrate", "--lock-wait-timeout", "2s") for _ in range(4)]
-        outputs = [proc.communicate(timeout=60)[0] for proc in procs]
+        outputs = [proc.communicate(timeout=60)[1] for proc in procs]
     assert [proc.returncode for proc in procs] == [4] * 4
     for out in outputs:
         failed = next(e for e in parse_events(out) if e["event"] == "run_failed")

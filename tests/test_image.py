@@ -74,9 +74,9 @@ def test_image_applies_the_bundled_migrations(db: Database) -> None:
     """The default command applies /migrations as user 65532 on a read-only root: exit 0, JSON logs."""
     result = run_image(db)
     assert result.returncode == 0, result.stdout + result.stderr
-    events = parse_events(result.stdout)
+    events = parse_events(result.stderr)
     assert events
-    assert len(events) == len(result.stdout.strip().splitlines())  # every line is JSON
+    assert len(events) == len(result.stderr.strip().splitlines())  # every line is JSON
     assert events[-1]["event"] == "run_finished"
     assert events[-1]["exit_code"] == 0
     assert len(db.applied()) == 6

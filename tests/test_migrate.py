@@ -375,7 +375,7 @@ def test_runner_waits_for_the_lock_then_finds_nothing_to_do(db: Database) -> Non
         proc = db.popen("migrate")
         time.sleep(1.0)
         assert proc.poll() is None
-    out, _ = proc.communicate(timeout=30)
+    _, out = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
 
 
@@ -402,7 +402,7 @@ def test_sigterm_cancels_rolls_back_and_releases(db: Database) -> None:
     db.backend_running("SELECT pg_sleep(60)")
     started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=30)
+    _, out = proc.communicate(timeout=30)
     assert proc.returncode == 143, out
     assert time.monotonic() - started < 5
     assert db.query("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == [(0,)]
@@ -481,7 +481,7 @@ def test_connection_closed_by_server_is_exit_5(db: Database) -> None:
     db.write("001_slow.sql", "CREATE TABLE IF NOT EXISTS t (id int);\nSELECT pg_sleep(30);\n")
     proc = db.popen("migrate")
     db.query("SELECT pg_terminate_backend(%s)", [db.backend_running("SELECT pg_sleep(30)")])
-    out, _ = proc.communicate(timeout=30)
+    _, out = proc.communicate(timeout=30)
     assert proc.returncode == 5, out
     assert db.query("SELECT to_regclass('t')") == [(None,)]
     with psycopg.connect(db.url) as conn:

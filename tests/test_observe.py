@@ -92,7 +92,7 @@ def test_events_of_a_lock_wait(db: Database) -> None:
         holder.execute("SELECT pg_advisory_lock(%s)", [derive_key(db.name, "migration_history")])
         proc = db.popen("migrate")
         time.sleep(1.5)
-    out, _ = proc.communicate(timeout=30)
+    _, out = proc.communicate(timeout=30)
     events = parse_events(out)
     waiting = [e for e in events if e["event"] == "lock_waiting"]
     assert waiting

@@ -49,7 +49,7 @@ def test_changed_checksum_blocks() -> None:
     files = [migration(1)]
     plan = make_plan(files, [row(files[0], checksum="0" * 64)])
     assert plan.changed == (files[0],)
-    assert "001_m.sql: checksum changed" in plan.blocking_problems(strict=False)[0]
+    assert "001_m.sql: checksum changed" in str(plan.blocking_problems(strict=False)[0])
 
 
 def test_null_checksum_is_adopted_not_changed() -> None:

@@ -45,7 +45,7 @@ def test_ddl_behind_a_long_transaction_does_not_stall_readers(db: Database) -> N
     stop.set()
     prober.join()
     assert runner.returncode == 0, out + err
-    events = parse_events(out)
+    events = parse_events(err)
     retries = [e for e in events if e["event"] == "ddl_lock_retry"]
     assert len(retries) >= 2
     assert any(
@@ -134,7 +134,7 @@ def test_wait_returns_when_schema_is_ready(db: Database) -> None:
     time.sleep(2.5)
     assert waiter.poll() is None
     assert db.run("migrate").code == 0
-    out, _ = waiter.communicate(timeout=30)
+    _, out = waiter.communicate(timeout=30)
     assert waiter.returncode == 0
     events = [e["event"] for e in parse_events(out)]
     assert "schema_waiting" in events

@@ -117,4 +117,4 @@ def test_tls_verify_full(db: Database, tls_server: tuple[Cluster, trustme.CA], t
     assert "does not match host name" in wrong_host.one("run_failed")["error"]
     for result in (ok, bad_ca, wrong_host):
         assert cluster.password not in result.stdout + result.stderr
-    assert all(e.get("database") == "postgres" for e in parse_events(ok.stdout))
+    assert all(e.get("database") == "postgres" for e in parse_events(ok.stderr))
