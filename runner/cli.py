@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from types import FrameType
 
-from runner import __version__, config, migrate, observe
+from runner import __version__, config, observe
 from runner.errors import ConfigError, ExitCode, Interrupted, Problem, RunnerError, ValidationError
 
 COMMANDS = {
@@ -142,7 +142,14 @@ def print_status(report: dict[str, object], as_json: bool) -> None:
 def run(settings: config.Settings, args: argparse.Namespace) -> None:
     """Run one command; raises ``RunnerError`` or ``Interrupted`` on failure."""
     command = settings.command
-    if command not in {"validate", "new", "lint"}:
+    if command == "lint":
+        from runner import lint  # noqa: PLC0415 - lint imports neither psycopg nor the executor
+
+        lint.command(settings, args)
+        return
+    from runner import migrate  # noqa: PLC0415 - every other command needs the orchestrator
+
+    if command not in {"validate", "new"}:
         config.require_database(settings)
     if command == "migrate":
         migrate.migrate(settings)
@@ -165,10 +172,6 @@ def run(settings: config.Settings, args: argparse.Namespace) -> None:
         migrate.repair(settings)
     elif command == "wait":
         migrate.wait(settings)
-    elif command == "lint":
-        from runner import lint  # noqa: PLC0415 - only lint needs the rules
-
-        lint.command(settings, args)
     elif command == "verify":
         run_verify(settings)
     elif command == "rehearse":

@@ -237,6 +237,8 @@ def conninfo(name: str, url: str, secrets: frozenset[str]) -> dict[str, str]:
 def url_secrets(url: str) -> set[str]:
     """Passwords inside a libpq URI or key=value string, also when libpq cannot parse it."""
     found: set[str] = set()
+    if not url:
+        return found
     for pattern in (URL_PASSWORD, LOOSE_PASSWORD):
         for match in pattern.finditer(url):
             password = match.group(1).strip("'")
