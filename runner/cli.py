@@ -20,9 +20,13 @@ import sys
 import time
 from collections.abc import Sequence
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from runner import __version__, config, observe
 from runner.errors import ConfigError, ExitCode, Interrupted, Problem, RunnerError, ValidationError
+
+if TYPE_CHECKING:
+    from runner.migrate import Report
 
 COMMANDS = {
     "migrate": "apply pending migrations under the advisory lock (the default job)",
@@ -30,7 +34,7 @@ COMMANDS = {
     "validate": "check files and ordering (and checksums when a database is given); changes nothing",
     "new": "write the next-numbered migration file from the template",
     "baseline": "mark 001..VERSION applied without running them (adopt a hand-migrated database)",
-    "repair": "accept changed checksums and clear failed rows, each logged",
+    "repair": "accept changed checksums and deliberate renames, clear failed rows; each change logged",
     "wait": "wait until every migration in the directory is applied (init containers)",
     "lint": "static checks of migration files (idempotency, lock safety, two-phase changes); no database",
     "verify": "apply every migration twice in a scratch database and prove the second pass changes nothing",
@@ -64,6 +68,9 @@ def add_options(command: argparse.ArgumentParser, name: str) -> None:
         lint.add_arguments(command)
     elif name == "baseline":
         command.add_argument("baseline_version", metavar="VERSION", type=int, help="last version to mark")
+    elif name == "repair":
+        command.add_argument("files", nargs="*", metavar="FILE", help="repair only these migration files")
+        command.add_argument("--dry-run", action="store_true", help="say what would change, change nothing")
 
 
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
@@ -130,16 +137,29 @@ def print_status(report: dict[str, object], as_json: bool) -> None:
         return
     rows = report["migrations"]
     assert isinstance(rows, list)
-    print(f"{'VERSION':<8} {'STATE':<8} MIGRATION")
+    print(f"{'VERSION':<8} {'STATE':<12} {'APPLIED AT (UTC)':<19} {'BY':<12} {'MS':>7}  {'RUNNER':<8} MIGRATION")
     for row in rows:
-        print(
-            f"{row['version'] or '-':<8} {row['state']:<8} {row['migration']}"
-            + (f"  ({row['error']})" if row["error"] else "")
+        applied_at = (row["applied_at"] or "-")[:19].replace("T", " ")
+        duration = "-" if row["duration_ms"] is None else str(row["duration_ms"])
+        line = (
+            f"{row['version'] or '-':<8} {row['state']:<12} {applied_at:<19} {(row['applied_by'] or '-')[:12]:<12} "
+            f"{duration:>7}  {(row['runner_version'] or '-')[:8]:<8} {row['migration']}"
         )
-    print(", ".join(f"{count} {state}" for state, count in report["counts"].items()))  # type: ignore[attr-defined]
+        if row["recorded_as"]:
+            line += f"  (recorded as {row['recorded_as']})"
+        if row["error"]:
+            line += f"\n{'':<8} error: {row['error'].strip().splitlines()[0][:160]}"
+        print(line)
+    counts = report["counts"]
+    assert isinstance(counts, dict)
+    print(", ".join(f"{count} {state}" for state, count in counts.items() if count or state in {"applied", "pending"}))
+    refused = report["refused"]
+    assert isinstance(refused, list)
+    for problem in refused:
+        print(f"migrate would refuse: {problem}")
 
 
-def run(settings: config.Settings, args: argparse.Namespace) -> None:
+def run(settings: config.Settings, args: argparse.Namespace, report: Report | None) -> None:
     """Run one command; raises ``RunnerError`` or ``Interrupted`` on failure."""
     command = settings.command
     if command == "lint":
@@ -147,31 +167,32 @@ def run(settings: config.Settings, args: argparse.Namespace) -> None:
 
         lint.command(settings, args)
         return
-    from runner import migrate  # noqa: PLC0415 - every other command needs the orchestrator
+    from runner import commands, migrate  # noqa: PLC0415 - every other command needs the orchestrator
 
     if command not in {"validate", "new"}:
         config.require_database(settings)
     if command == "migrate":
-        migrate.migrate(settings)
+        assert report is not None
+        migrate.migrate(settings, report)
     elif command == "status":
-        print_status(migrate.status(settings), args.json)
+        print_status(commands.status(settings), args.json)
     elif command == "validate":
         has_database = settings.database_url is not None or bool(os.environ.get("PGHOST"))
-        found = migrate.validate(settings, with_database=has_database)
+        found = commands.validate(settings, with_database=has_database)
         observe.logger().info("validated", migrations=len(found), checked_history=has_database)
     elif command == "new":
         import datetime  # noqa: PLC0415 - start-up cost paid by new only
         import getpass  # noqa: PLC0415
 
         today = datetime.datetime.now(datetime.UTC).date().isoformat()
-        path = migrate.new_file(settings, args.name, os.environ.get("GIT_AUTHOR_NAME") or getpass.getuser(), today)
-        print(path)
+        author = os.environ.get("GIT_AUTHOR_NAME") or getpass.getuser()
+        print(commands.new_file(settings, args.name, author, today))
     elif command == "baseline":
-        migrate.baseline(settings, args.baseline_version)
+        commands.baseline(settings, args.baseline_version)
     elif command == "repair":
-        migrate.repair(settings)
+        commands.repair(settings, args.files, dry_run=args.dry_run)
     elif command == "wait":
-        migrate.wait(settings)
+        commands.wait(settings)
     elif command == "verify":
         run_verify(settings)
     elif command == "rehearse":
@@ -238,13 +259,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = observe.logger()
     install_signal_handlers(settings.deadline)
     exit_code = ExitCode.OK
+    report = None
     try:
         log.info(
             "run_started", command=command, runner_version=__version__, migrations_dir=str(settings.migrations_dir)
         )
         if command == "migrate":
+            from runner.migrate import Report  # noqa: PLC0415 - the orchestrator is loaded for migrate only
+
+            report = Report(on_lock_wait=observe.lock_wait_started, on_lock_acquired=observe.lock_acquired)
             configure_metrics(settings)
-        run(settings, args)
+        run(settings, args, report)
     except Interrupted as exc:
         exit_code = exc.exit_code
         log.error("migration_aborted", reason=exc.reason)
@@ -267,16 +292,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signum, signal.SIG_IGN)
     duration_s = time.monotonic() - started
     fields = {}
-    if command == "migrate":
-        run_metrics = observe.RUN
+    if report is not None:
         fields = {
-            "applied": run_metrics.applied,
-            "pending": run_metrics.pending,
-            "lock_wait_ms": round(run_metrics.lock_wait_s * 1000),
+            "applied": len(report.applied),
+            "pending": report.pending,
+            "lock_wait_ms": round(report.lock_wait_s * 1000),
         }
     log.info("run_finished", command=command, exit_code=int(exit_code), duration_ms=round(duration_s * 1000), **fields)
-    if command == "migrate":
-        observe.finish(exit_code=int(exit_code), run_duration_s=duration_s)
+    if report is not None:
+        observe.finish(
+            exit_code=int(exit_code),
+            run_duration_s=duration_s,
+            applied=len(report.applied),
+            pending=report.pending,
+            lock_wait_s=report.lock_wait_s,
+            durations_s={m.label: ms / 1000 for m, ms in report.applied},
+        )
     return int(exit_code)
 
 

@@ -76,7 +76,12 @@ OPTIONS: tuple[Option, ...] = (
     _option(
         "lock-key", None, "advisory lock key (signed 64-bit); default: derived from the resolved history table", LOCKING
     ),
-    _option("lock-wait-timeout", "600s", "give up waiting for the advisory lock after this long (exit 4)", LOCKING),
+    _option(
+        "lock-wait-timeout",
+        "600s",
+        "give up waiting for the advisory lock, or a lock on the history table, after this long (exit 4)",
+        LOCKING | {"status", "validate"},
+    ),
     _option("connect-timeout", "60s", "keep retrying the first connection this long (exit 5)", DATABASE),
     _option("ddl-lock-timeout", "5s", "lock_timeout of each migration (SET LOCAL)", EXECUTING),
     _option("ddl-lock-retries", "10", "retries of a migration that hit lock_timeout (55P03)", EXECUTING),

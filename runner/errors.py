@@ -67,9 +67,13 @@ class ValidationError(RunnerError):
 
 
 class LockTimeout(RunnerError):
-    """The advisory lock was not acquired before the deadline."""
+    """The advisory lock (or a lock on the history table) was not acquired before the deadline."""
 
     exit_code = ExitCode.LOCK_TIMEOUT
+
+    def __init__(self, message: str, waited_s: float) -> None:
+        super().__init__(message)
+        self.waited_s = waited_s
 
 
 class DatabaseUnavailable(RunnerError):

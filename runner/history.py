@@ -1,25 +1,34 @@
-"""Every SQL statement about the history table. Identifiers go through ``sql.Identifier``.
+"""Every SQL statement about the history table, fully qualified. Identifiers via ``sql.Identifier``.
 
 Invariants:
+- The table is resolved once (``resolve``), on a session of the runner's own that no file
+  ever touched: where ``--history-table`` names it, else where it exists on that session's
+  search_path, else where ``CREATE TABLE`` would put it. From then on every statement names
+  it ``schema.table`` and every function ``pg_catalog.``: no file's ``search_path``, temp
+  table or role can redirect or shadow it. Two spellings of one table are one ``Table``.
 - The table has the seed design's exact columns plus the runner's own (``RUNNER_COLUMNS``),
   added with ``ADD COLUMN IF NOT EXISTS``: a seed-format table is adopted, never rejected.
 - ``migration_name`` is the file name and is unique: one row per migration, updated in place
   when a failed migration is retried.
-- A success row is written inside the migration's own transaction (``success_statement``);
-  a failure row in a separate transaction after the rollback.
+- A success row is written inside the migration's own transaction (``record_success``), and
+  the statement fails unless exactly one row was written; failure rows and every other change
+  are written on the runner's own session, never on a session a file ran on.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from runner import __version__
 from runner.discover import Migration
+from runner.errors import ConfigError
 from runner.plan import AppliedRow
 
+Conn = psycopg.Connection[tuple[Any, ...]]
 SEED_COLUMNS = """
     id SERIAL PRIMARY KEY,
     migration_name VARCHAR(255) UNIQUE NOT NULL,
@@ -30,47 +39,79 @@ SEED_COLUMNS = """
     error_message TEXT
 """
 RUNNER_COLUMNS = {"checksum": "VARCHAR(64)", "runner_version": "VARCHAR(32)"}
-ELAPSED_MS = sql.SQL("(extract(epoch from clock_timestamp() - transaction_timestamp()) * 1000)::int")
+READ_COLUMNS = (
+    "migration_name",
+    "checksum",
+    "success",
+    "error_message",
+    "applied_at",
+    "applied_by",
+    "execution_time_ms",
+    "runner_version",
+)
+ELAPSED_MS = sql.SQL(
+    "(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp() - pg_catalog.transaction_timestamp()) * 1000)::int4"
+)
+RESOLVE_SQL = """SELECT coalesce(
+    (SELECT n.nspname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.oid = pg_catalog.to_regclass(%s) AND n.nspname NOT LIKE 'pg\\_temp\\_%%'),
+    pg_catalog.current_schema())"""
+COLUMNS_SQL = """SELECT c.oid IS NOT NULL, array(SELECT attname::text FROM pg_catalog.pg_attribute
+    WHERE attrelid = c.oid AND attnum > 0 AND NOT attisdropped)
+    FROM (SELECT pg_catalog.to_regclass(%s) AS oid) AS c"""
+UPSERT = """INSERT INTO {table} AS h (migration_name, execution_time_ms, success, error_message, checksum,
+ runner_version) VALUES ({name}, {elapsed}, {success}, {error}, {checksum}, {version})
+ ON CONFLICT (migration_name) DO UPDATE SET applied_at = CURRENT_TIMESTAMP, applied_by = SESSION_USER,
+ execution_time_ms = EXCLUDED.execution_time_ms, success = EXCLUDED.success, error_message = EXCLUDED.error_message,
+ checksum = EXCLUDED.checksum, runner_version = EXCLUDED.runner_version"""
+NOT_WRITTEN = "migration-runner: the history row was not written"
 
 
 @dataclass(frozen=True)
 class Table:
-    """The history table's (optional) schema and name."""
+    """The resolved history table: its schema and name."""
 
-    schema: str | None
+    schema: str
     name: str
 
     @property
     def ident(self) -> sql.Identifier:
-        return sql.Identifier(self.schema, self.name) if self.schema else sql.Identifier(self.name)
+        return sql.Identifier(self.schema, self.name)
 
     @property
     def qualified(self) -> str:
-        return f"{self.schema}.{self.name}" if self.schema else self.name
+        return f"{self.schema}.{self.name}"
 
 
-def columns(conn: psycopg.Connection[tuple[object, ...]], table: Table) -> set[str] | None:
+def resolve(conn: Conn, schema: str | None, name: str) -> Table:
+    """Where the history table is (or will be), from the catalog; see the module docstring."""
+    if schema:
+        return Table(schema, name)
+    row = conn.execute(RESOLVE_SQL, [sql.Identifier(name).as_string(conn)]).fetchone()
+    if row is None or row[0] is None:
+        raise ConfigError(
+            f"--history-table {name}: no schema of the search_path exists to hold it; name one (schema.{name})"
+        )
+    return Table(str(row[0]), name)
+
+
+def columns(conn: Conn, table: Table) -> set[str] | None:
     """The table's column names, or None when it does not exist. One round trip."""
-    row = conn.execute(
-        "SELECT c.oid IS NOT NULL, array(SELECT attname::text FROM pg_attribute"
-        " WHERE attrelid = c.oid AND attnum > 0 AND NOT attisdropped)"
-        " FROM (SELECT to_regclass(%s) AS oid) AS c",
-        [table.ident.as_string(conn)],
-    ).fetchone()
+    row = conn.execute(COLUMNS_SQL, [table.ident.as_string(conn)]).fetchone()
     assert row is not None
     exists, names = row
-    return set(names) if exists else None  # type: ignore[call-overload]
+    return set(names) if exists else None
 
 
-def ensure(conn: psycopg.Connection[tuple[object, ...]], table: Table) -> bool:
+def ensure(conn: Conn, table: Table) -> bool:
     """Create the table or add the runner's columns, as needed. True if it changed anything."""
     existing = columns(conn, table)
     if existing is not None and set(RUNNER_COLUMNS) <= existing:
         return False
-    statements: list[sql.Composed] = []
-    if table.schema:
-        statements.append(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(table.schema)))
-    statements.append(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(table.ident, sql.SQL(SEED_COLUMNS)))
+    statements: list[sql.Composed] = [
+        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(table.schema)),
+        sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(table.ident, sql.SQL(SEED_COLUMNS)),
+    ]
     statements += [
         sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
             table.ident, sql.Identifier(column), sql.SQL(kind)
@@ -83,69 +124,76 @@ def ensure(conn: psycopg.Connection[tuple[object, ...]], table: Table) -> bool:
     return True
 
 
-def read(conn: psycopg.Connection[tuple[object, ...]], table: Table, *, ensured: bool = False) -> list[AppliedRow]:
+def read(conn: Conn, table: Table, *, ensured: bool = False) -> list[AppliedRow]:
     """Every row; an absent table reads as empty.
 
     ``ensured``: the caller has just run ``ensure``, so the table exists with every column and
     one round trip suffices; otherwise the columns are probed first (two round trips).
     """
-    present = set(RUNNER_COLUMNS) if ensured else columns(conn, table)
+    present = set(READ_COLUMNS) if ensured else columns(conn, table)
     if present is None:
         return []
-    checksum = sql.Identifier("checksum") if "checksum" in present else sql.SQL("NULL")
-    query = sql.SQL("SELECT migration_name, {}, coalesce(success, true), error_message FROM {}").format(
-        checksum, table.ident
-    )
+    picked = sql.SQL(", ").join(sql.Identifier(c) if c in present else sql.SQL("NULL") for c in READ_COLUMNS)
+    query = sql.SQL("SELECT {} FROM {}").format(picked, table.ident)
     return [
-        AppliedRow(str(name), checksum_, bool(success), error)  # type: ignore[arg-type]
-        for name, checksum_, success, error in conn.execute(query).fetchall()
+        AppliedRow(
+            str(name),
+            checksum,
+            success is not False,
+            error,
+            applied_at,
+            None if applied_by is None else str(applied_by),
+            elapsed,
+            version,
+        )
+        for name, checksum, success, error, applied_at, applied_by, elapsed, version in conn.execute(query)
     ]
 
 
-def success_statement(table: Table, migration: Migration, elapsed_ms: int | None = None) -> sql.Composed:
-    """The upsert that records ``migration`` as applied; runs inside its transaction.
+def record_success(table: Table, migration: Migration, elapsed_ms: int | None = None) -> sql.Composed:
+    """The upsert recording ``migration`` as applied; it fails unless it wrote exactly one row.
 
+    Runs inside the migration's transaction with ``search_path = pg_catalog, pg_temp``.
     Without ``elapsed_ms`` the server measures the time since the transaction began.
     """
-    elapsed = ELAPSED_MS if elapsed_ms is None else sql.Literal(elapsed_ms)
-    return sql.SQL(
-        "INSERT INTO {table} (migration_name, execution_time_ms, success, error_message, checksum, runner_version)"
-        " VALUES ({name}, {elapsed}, true, NULL, {checksum}, {version})"
-        " ON CONFLICT (migration_name) DO UPDATE SET applied_at = CURRENT_TIMESTAMP,"
-        " applied_by = CURRENT_USER, execution_time_ms = EXCLUDED.execution_time_ms, success = true,"
-        " error_message = NULL, checksum = EXCLUDED.checksum, runner_version = EXCLUDED.runner_version"
-    ).format(
+    upsert = sql.SQL(UPSERT).format(
         table=table.ident,
         name=sql.Literal(migration.name),
-        elapsed=elapsed,
+        elapsed=ELAPSED_MS if elapsed_ms is None else sql.Literal(elapsed_ms),
+        success=sql.SQL("true"),
+        error=sql.NULL,
         checksum=sql.Literal(migration.checksum),
         version=sql.Literal(__version__),
     )
+    return sql.SQL(
+        "WITH recorded AS ({} RETURNING 1) SELECT CAST(CASE pg_catalog.count(*) WHEN 1 THEN '1' ELSE {} END AS "
+        "pg_catalog.int4) FROM recorded"
+    ).format(upsert, sql.Literal(NOT_WRITTEN))
 
 
-def record_failure(
-    conn: psycopg.Connection[tuple[object, ...]],
-    table: Table,
-    migration: Migration,
-    error_message: str,
-    elapsed_ms: int,
-) -> None:
+def record_failure(conn: Conn, table: Table, migration: Migration, error_message: str, elapsed_ms: int) -> None:
     """Record a failed attempt in its own transaction; never overwrites a success."""
+    upsert = sql.SQL(UPSERT + " WHERE NOT coalesce(h.success, true)").format(
+        table=table.ident,
+        name=sql.Literal(migration.name),
+        elapsed=sql.Literal(elapsed_ms),
+        success=sql.SQL("false"),
+        error=sql.Literal(error_message),
+        checksum=sql.Literal(migration.checksum),
+        version=sql.Literal(__version__),
+    )
     with conn.transaction():
-        conn.execute(
-            sql.SQL(
-                "INSERT INTO {} AS h (migration_name, execution_time_ms, success, error_message, checksum,"
-                " runner_version) VALUES (%s, %s, false, %s, %s, %s)"
-                " ON CONFLICT (migration_name) DO UPDATE SET applied_at = CURRENT_TIMESTAMP,"
-                " applied_by = CURRENT_USER, execution_time_ms = EXCLUDED.execution_time_ms,"
-                " success = false, error_message = EXCLUDED.error_message, checksum = EXCLUDED.checksum,"
-                " runner_version = EXCLUDED.runner_version WHERE NOT coalesce(h.success, true)"
-            ).format(table.ident),
-            [migration.name, elapsed_ms, error_message, migration.checksum, __version__],
-        )
+        conn.execute(upsert)
 
 
-def set_checksums(conn: psycopg.Connection[tuple[object, ...]], table: Table, migrations: list[Migration]) -> None:
+def is_recorded(conn: Conn, table: Table, migration: Migration) -> bool:
+    """Whether ``migration`` is recorded as applied with its current checksum."""
+    query = sql.SQL("SELECT pg_catalog.count(*) FROM {} WHERE migration_name = %s AND success AND checksum = %s")
+    row = conn.execute(query.format(table.ident), [migration.name, migration.checksum]).fetchone()
+    return bool(row and row[0])
+
+
+def set_checksums(conn: Conn, table: Table, migrations: list[Migration]) -> None:
     """Store the current checksum of each migration (adoption and ``repair``)."""
     with conn.transaction(), conn.cursor() as cur:
         cur.executemany(
@@ -154,16 +202,29 @@ def set_checksums(conn: psycopg.Connection[tuple[object, ...]], table: Table, mi
         )
 
 
-def delete_failed(conn: psycopg.Connection[tuple[object, ...]], table: Table) -> list[str]:
-    """Remove the rows of failed attempts (``repair``); returns their names."""
+def rename(conn: Conn, table: Table, renames: list[tuple[str, Migration]]) -> None:
+    """Record each (old name, file) under the file's name and checksum (``repair`` of a rename)."""
+    with conn.transaction(), conn.cursor() as cur:
+        cur.executemany(
+            sql.SQL("UPDATE {} SET migration_name = %s, checksum = %s WHERE migration_name = %s").format(table.ident),
+            [(m.name, m.checksum, old) for old, m in renames],
+        )
+
+
+def delete_failed(conn: Conn, table: Table, names: list[str] | None = None) -> list[str]:
+    """Remove the rows of failed attempts (all, or those of ``names``); returns their names."""
+    only = sql.SQL(" AND migration_name = ANY (%s)") if names is not None else sql.SQL("")
     with conn.transaction():
         rows = conn.execute(
-            sql.SQL("DELETE FROM {} WHERE NOT coalesce(success, true) RETURNING migration_name").format(table.ident)
+            sql.SQL("DELETE FROM {} WHERE NOT coalesce(success, true){} RETURNING migration_name").format(
+                table.ident, only
+            ),
+            [names] if names is not None else None,
         ).fetchall()
     return sorted(str(name) for (name,) in rows)
 
 
-def insert_baseline(conn: psycopg.Connection[tuple[object, ...]], table: Table, migrations: list[Migration]) -> None:
+def insert_baseline(conn: Conn, table: Table, migrations: list[Migration]) -> None:
     """Mark ``migrations`` applied without running them (``baseline``)."""
     with conn.transaction(), conn.cursor() as cur:
         cur.executemany(

@@ -1,55 +1,61 @@
-"""The session advisory lock, on its own dedicated connection, always released.
+"""The session advisory locks, on the runner's dedicated lock connection, always released.
 
 Invariants:
+- The keys come from the resolved history table, never from how ``--history-table`` is
+  spelled: ``keys`` derives one key from ``schema.table`` and takes the key a 0.1.0 runner
+  derives from the bare table name as well, so runners of both releases (and every spelling)
+  exclude each other. ``--lock-key`` replaces both.
 - Acquired by polling ``pg_try_advisory_lock`` until a deadline, never by a blocking
   ``pg_advisory_lock`` (a waiter holding a snapshot can deadlock CREATE INDEX CONCURRENTLY).
+  Keys are taken in the same order by every runner of this release.
 - While waiting, the holder (pid, application_name, connected since) is logged every
   ``HOLDER_LOG_INTERVAL`` seconds; past the deadline ``LockTimeout`` names it.
 - The backend pid must not change while the lock is held: a transaction-mode pooler would
   silently drop a session lock, so a change is a ``ConfigError``.
 - Released in ``finally``; if the connection is gone the server has released it already.
-- The work connection holds a second lock, the fence (``fence_key``), for as long as it lives.
+- The work connection holds the fences (``fence_key`` of each key) for as long as it lives.
   A SIGKILLed runner's lock connection dies at once, but its work backend may still be
-  executing (and then committing) a migration it had already received; a new runner takes the
-  fence before reading the history, so it waits for such an orphan to finish first.
+  executing (and then committing) a migration it had already received; a new runner waits
+  until every fence is free before reading the history, so it waits for such an orphan.
 """
 
 from __future__ import annotations
 
 import hashlib
-import random
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Self
+from typing import Any
 
 import psycopg
 
 from runner.errors import ConfigError, LockTimeout
 from runner.observe import logger
+from runner.retry import Retry
 
-POLL_INTERVAL = (0.05, 0.25)  # seconds, uniformly drawn: waiters do not poll in step
 HOLDER_LOG_INTERVAL = 5.0
 HOLDERS_SQL = """
 SELECT a.pid, a.application_name, a.state, a.backend_start::text, a.client_addr::text
-FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
 WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-  AND l.classid = %s::bigint::oid AND l.objid = %s::bigint::oid
-"""
-BLOCKERS_SQL = """
-SELECT a.pid, a.application_name, a.state, (now() - a.xact_start)::text AS xact_age, left(a.query, 120)
-FROM pg_stat_activity a WHERE a.pid = ANY (pg_blocking_pids(%s))
+  AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
+  AND l.classid = %s::int8::oid AND l.objid = %s::int8::oid
 """
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
 
 def derive_key(database: str, table: str) -> int:
-    """A stable signed 64-bit key from the database name and the history table."""
+    """A stable signed 64-bit key from the database name and a table name (0.1.0's derivation)."""
     digest = hashlib.sha256(f"migration-runner:{database}:{table}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def keys(database: str, schema: str, table: str, explicit: int | None) -> tuple[int, ...]:
+    """The lock keys of a resolved history table: ``schema.table``'s, then the bare name's."""
+    if explicit is not None:
+        return (explicit,)
+    return derive_key(database, f"{schema}.{table}"), derive_key(database, table)
 
 
 def fence_key(key: int) -> int:
@@ -58,18 +64,16 @@ def fence_key(key: int) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
-def holders(conn: Conn, key: int) -> list[dict[str, object]]:
-    """Sessions holding the advisory lock ``key`` in this database."""
-    unsigned = key & 0xFFFFFFFFFFFFFFFF
-    rows = conn.execute(HOLDERS_SQL, [unsigned >> 32, unsigned & 0xFFFFFFFF]).fetchall()
+def holders(conn: Conn, lock_keys: Sequence[int]) -> list[dict[str, object]]:
+    """Other sessions holding any of the advisory locks ``lock_keys`` in this database."""
     fields = ("pid", "application_name", "state", "connected_since", "client_addr")
-    return [dict(zip(fields, row, strict=True)) for row in rows]
-
-
-def blockers(conn: Conn, pid: int) -> list[dict[str, object]]:
-    """Sessions that block backend ``pid`` (pg_blocking_pids x pg_stat_activity)."""
-    fields = ("pid", "application_name", "state", "xact_age", "query")
-    return [dict(zip(fields, row, strict=True)) for row in conn.execute(BLOCKERS_SQL, [pid]).fetchall()]
+    found: dict[object, dict[str, object]] = {}
+    for key in lock_keys:
+        unsigned = key & 0xFFFFFFFFFFFFFFFF
+        for row in conn.execute(HOLDERS_SQL, [unsigned >> 32, unsigned & 0xFFFFFFFF]).fetchall():
+            if row[0] != conn.info.backend_pid:
+                found[row[0]] = dict(zip(fields, row, strict=True))
+    return list(found.values())
 
 
 def check_backend(conn: Conn, pid: int) -> None:
@@ -81,106 +85,82 @@ def check_backend(conn: Conn, pid: int) -> None:
         )
 
 
+def _acquire(
+    conn: Conn,
+    key: int,
+    lock_keys: Sequence[int],
+    retry: Retry,
+    on_wait: Callable[[float], None],
+    started: float,
+    *,
+    quiet: bool,
+) -> bool:
+    """Poll for ``key`` until ``retry`` runs out; True if this runner had to wait."""
+    log = logger()
+    last_report = time.monotonic() - HOLDER_LOG_INTERVAL
+    waiting = False
+    while True:
+        row = conn.execute("SELECT pg_catalog.pg_try_advisory_lock(%s), pg_catalog.pg_backend_pid()", [key]).fetchone()
+        assert row is not None
+        check_backend(conn, row[1])
+        if row[0]:
+            return waiting
+        if not waiting:
+            waiting = True
+            on_wait(time.time())
+        pause = retry.next_pause()
+        now = time.monotonic()
+        if pause is None:
+            found = holders(conn, lock_keys) or "a session that just released it"
+            waited = now - started
+            raise LockTimeout(f"advisory lock {key} not acquired within {waited:.0f}s; held by {found}", waited)
+        if now - last_report >= HOLDER_LOG_INTERVAL and not quiet:
+            last_report = now
+            log.info(
+                "lock_waiting", lock_key=key, waited_ms=round((now - started) * 1000), holders=holders(conn, lock_keys)
+            )
+        time.sleep(pause)
+
+
 @contextmanager
 def advisory_lock(
     conn: Conn,
-    key: int,
+    lock_keys: Sequence[int],
     timeout: float,
     on_wait: Callable[[float], None] = lambda _started: None,
     *,
     quiet: bool = False,
 ) -> Iterator[float]:
-    """Hold ``key`` for the block; yields the seconds spent waiting for it.
+    """Hold every key of ``lock_keys`` for the block; yields the seconds spent waiting.
 
-    ``quiet`` logs only waits (for the fence, which is normally free at once).
+    ``quiet`` logs only waits that last (for the fences, which are normally free at once).
+    The wait, when the lock is not acquired in time, ends in ``LockTimeout``.
     """
     log = logger()
     started = time.monotonic()
-    last_report = started - HOLDER_LOG_INTERVAL
-    waiting = False
-    while True:
-        row = conn.execute("SELECT pg_try_advisory_lock(%s), pg_backend_pid()", [key]).fetchone()
-        assert row is not None
-        check_backend(conn, row[1])
-        if row[0]:
-            break
-        now = time.monotonic()
-        if not waiting:
-            waiting = True
-            on_wait(time.time())
-        if now - started >= timeout:
-            raise LockTimeout(
-                f"advisory lock {key} not acquired within {timeout:g}s; held by "
-                f"{holders(conn, key) or 'a session that just released it'}"
-            )
-        if now - last_report >= HOLDER_LOG_INTERVAL:
-            last_report = now
-            log.info("lock_waiting", lock_key=key, waited_ms=round((now - started) * 1000), holders=holders(conn, key))
-        time.sleep(min(random.uniform(*POLL_INTERVAL), max(0.0, timeout - (now - started))))  # noqa: S311 - jitter, not crypto
-    waited = time.monotonic() - started
-    if not quiet or waiting:
-        log.info("lock_acquired", lock_key=key, lock_wait_ms=round(waited * 1000))
+    retry = Retry(0.25, 0.25, (0.2, 1.0), deadline=started + timeout)  # polls every 50-250 ms
+    held: list[int] = []
     try:
+        waited_at_all = False
+        for key in lock_keys:
+            waited_at_all |= _acquire(conn, key, lock_keys, retry, on_wait, started, quiet=quiet)
+            held.append(key)
+        waited = time.monotonic() - started
+        if not quiet or waited_at_all:
+            log.info("lock_acquired", lock_key=lock_keys[0], lock_wait_ms=round(waited * 1000))
         yield waited
     finally:
-        if not conn.closed and not conn.broken:
-            try:
-                row = conn.execute("SELECT pg_advisory_unlock(%s), pg_backend_pid()", [key]).fetchone()
-                if not quiet:
-                    log.info("lock_released", lock_key=key, released=bool(row and row[0]))
-            except psycopg.Error as exc:
-                log.warning(
-                    "lock_release_failed",
-                    lock_key=key,
-                    error=str(exc),
-                    note="the server releases it when the session ends",
-                )
+        release(conn, held, quiet=quiet)
 
 
-class Poller:
-    """Calls ``sample`` every ``interval`` seconds in a daemon thread during the ``with`` block.
-
-    It stops at the first database error (the connection is gone or busy).
-    """
-
-    def __init__(self, interval: float, name: str) -> None:
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-
-    def sample(self) -> None:
-        raise NotImplementedError
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.sample()
-            except psycopg.Error:
-                return
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-class BlockerWatch(Poller):
-    """Samples, from the lock connection, who blocks the migrating backend.
-
-    The latest non-empty sample is kept so that a ``lock_timeout`` failure can name the
-    sessions that were in the way, which are no longer waited on once it fires. The caller
-    clears ``latest`` before each attempt.
-    """
-
-    def __init__(self, conn: Conn, pid: int, interval: float) -> None:
-        super().__init__(interval, "blocker-watch")
-        self.conn, self.pid = conn, pid
-        self.latest: list[dict[str, object]] = []
-
-    def sample(self) -> None:
-        found = blockers(self.conn, self.pid)
-        if found:
-            self.latest = found
+def release(conn: Conn, held: Sequence[int], *, quiet: bool) -> None:
+    """Release ``held`` keys (last first); a dead connection has released them already."""
+    if not held or conn.closed or conn.broken:
+        return
+    try:
+        for key in reversed(held):
+            row = conn.execute("SELECT pg_catalog.pg_advisory_unlock(%s)", [key]).fetchone()
+            if not quiet and key == held[0]:
+                logger().info("lock_released", lock_key=key, released=bool(row and row[0]))
+    except psycopg.Error as exc:
+        logger().warning("lock_release_failed", error=str(exc), note="the server releases it when the session ends")

@@ -257,13 +257,22 @@ def lock_acquired(waited_s: float) -> None:
         push("lock_acquired", LOCK_WAIT_FAMILIES | {"lock_wait_seconds"})
 
 
-def finish(*, exit_code: int, run_duration_s: float) -> None:
+def finish(
+    *,
+    exit_code: int,
+    run_duration_s: float,
+    applied: int,
+    pending: int | None,
+    lock_wait_s: float,
+    durations_s: dict[str, float],
+) -> None:
     """Record the outcome and deliver it: push, textfile, then linger for scrapes."""
     RUN.finished_at = time.time()
     RUN.succeeded = exit_code == 0
     RUN.exit_code = exit_code
     RUN.run_duration_s = run_duration_s
     RUN.lock_wait_started = 0.0
+    RUN.applied, RUN.pending, RUN.lock_wait_s, RUN.durations_s = applied, pending, lock_wait_s, durations_s
     push("finished")
     if DELIVERY.metrics_file:
         from prometheus_client import write_to_textfile  # noqa: PLC0415

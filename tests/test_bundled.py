@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from bench import sample_data
+from runner.catalog import difference, fingerprint
 from runner.discover import analyse, discover
-from runner.verify import difference, fingerprint
 from tests.conftest import Database
 
 BUNDLED = Path(__file__).resolve().parent.parent / "migrations"

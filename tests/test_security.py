@@ -61,7 +61,7 @@ def test_lock_key_and_table_ignore_file_contents(db: Database, tmp_path: Path) -
     db.write("001_a.sql", "SELECT 'history-table=evil; lock_key=1';\n")
     result = db.run("migrate")
     assert result.code == 0
-    assert result.one("lock_acquired")["lock_key"] == derive_key(db.name, "migration_history")
+    assert result.one("lock_acquired")["lock_key"] == derive_key(db.name, "public.migration_history")
     assert db.query("SELECT count(*) FROM migration_history") == [(1,)]
     assert db.query("SELECT to_regclass('evil')") == [(None,)]
 
