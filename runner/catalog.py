@@ -37,7 +37,10 @@ FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
 WHERE l.relation = pg_catalog.to_regclass(%s) AND l.granted AND l.pid <> pg_catalog.pg_backend_pid()
 """
 ACTIVITY_SQL = """
-SELECT a.wait_event_type, a.wait_event, a.state FROM pg_catalog.pg_stat_activity a WHERE a.pid = %s
+SELECT a.wait_event_type, a.wait_event,
+       (SELECT l.mode || ' on ' || coalesce(l.relation::pg_catalog.regclass::text, l.locktype)
+        FROM pg_catalog.pg_locks l WHERE l.pid = a.pid AND NOT l.granted LIMIT 1)
+FROM pg_catalog.pg_stat_activity a WHERE a.pid = %s
 """
 # (view, done column, total column) per kind of work PostgreSQL reports progress for.
 PROGRESS_VIEWS = (
@@ -83,11 +86,14 @@ def relation_holders(conn: Conn, relation: str) -> list[dict[str, object]]:
 
 
 def waiting_on(conn: Conn, pid: int) -> str | None:
-    """What backend ``pid`` waits on (``Lock:relation``, ``IO:DataFileRead``...), or None when it runs."""
+    """What backend ``pid`` waits on, or None while it runs.
+
+    For example ``Lock:relation (AccessExclusiveLock on public.t)`` or ``IO:DataFileRead``.
+    """
     row = conn.execute(ACTIVITY_SQL, [pid]).fetchone()
     if row is None or row[0] is None:
         return None
-    return f"{row[0]}:{row[1]}"
+    return f"{row[0]}:{row[1]}" + (f" ({row[2]})" if row[2] else "")
 
 
 def progress(conn: Conn, pid: int) -> Progress | None:

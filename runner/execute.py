@@ -211,8 +211,17 @@ def set_statement(name: str, value: str, *, local: bool) -> str:
 
 
 def opening(session: Session, timeouts: Timeouts, *, transaction: bool) -> list[str]:
-    """The clean-session reset and the migration's own settings (``SET LOCAL`` inside BEGIN)."""
-    statements = [*RESET_SESSION, *(set_statement(k, v, local=False) for k, v in SESSION_VALUES.items())]
+    """The clean-session reset, committed on its own, then the migration's own settings.
+
+    In a transaction the settings are ``SET LOCAL`` after ``BEGIN``; the reset stays done
+    whether the migration commits or not (``UNLISTEN`` takes effect at commit, so it must).
+    """
+    statements = [
+        "BEGIN",
+        *RESET_SESSION,
+        *(set_statement(k, v, local=False) for k, v in SESSION_VALUES.items()),
+        "COMMIT",
+    ]
     if transaction:
         statements.append("BEGIN")
     statements += [

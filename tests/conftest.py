@@ -146,6 +146,19 @@ class Database:
             time.sleep(0.05)
         pytest.fail(f"no backend ran {statement!r} within {timeout}s")
 
+    def advisory_locks(self, settle: float = 5.0) -> int:
+        """Advisory locks held in this database, once backends of exited runners had ``settle``
+        seconds to end (a closed connection's backend releases its locks as it exits)."""
+        deadline = time.monotonic() + settle
+        while True:
+            ((count,),) = self.query(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
+            if count == 0 or time.monotonic() > deadline:
+                return int(count)
+            time.sleep(0.05)
+
     def history(self) -> list[tuple[Any, ...]]:
         return self.query("SELECT migration_name, success, checksum, error_message FROM migration_history ORDER BY id")
 
