@@ -254,7 +254,7 @@ def test_a_renamed_file_is_a_reused_version(db: Database) -> None:
 @pytest.mark.parametrize(
     "body",
     [
-        "CREATE TABLE IF NOT EXISTS a (id int);\n-- a closing comment, as the `new` template leaves one\n",
+        "CREATE TABLE IF NOT EXISTS a (id int)\n\n-- ==== END MIGRATION ====\n",
         "CREATE TABLE IF NOT EXISTS a (id int) -- note\n;\n",
         "CREATE TABLE IF NOT EXISTS a (id int) -- no newline at the end",
     ],
