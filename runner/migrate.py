@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import psycopg
 from psycopg import errors as pgerrors
 
-from runner import catalog, history, lock
+from runner import catalog, history, lock, observe
 from runner.config import Settings, redact
 from runner.discover import Analysis, Migration, analyse, discover
 from runner.errors import (
@@ -255,23 +255,26 @@ def error_text(exc: MigrationFailed) -> str:
 class Monitor:
     """The executor's tick while a migration runs.
 
-    It samples who blocks the migration, and every ``PROGRESS_INTERVAL_S`` logs
-    ``migration_progress`` (elapsed, statement, wait, PostgreSQL's own progress report). It
-    reads on the lock connection, which is idle meanwhile.
+    It samples who blocks the migration, and every ``PROGRESS_INTERVAL_S`` (every second when
+    the log is a live terminal) logs ``migration_progress`` (elapsed, statement, what it waits
+    on, PostgreSQL's own progress report) and updates the progress metrics. It reads on the
+    lock connection, which is idle meanwhile.
     """
 
     def __init__(self, conn: Conn, pid: int, fields: dict[str, str], lock_timeout: float) -> None:
         self.conn, self.pid, self.fields = conn, pid, fields
-        self.interval = max(0.2, min(PROGRESS_INTERVAL_S, lock_timeout / 3 if lock_timeout else PROGRESS_INTERVAL_S))
+        self.every = 1.0 if observe.live() else PROGRESS_INTERVAL_S
+        self.interval = max(0.2, min(self.every, lock_timeout / 3 if lock_timeout else self.every))
         self.blockers: list[dict[str, object]] = []
         self.reported = time.monotonic()
+        self.published = False
 
     def tick(self, attempt: execute.Attempt) -> None:
         try:
             found = catalog.blockers(self.conn, self.pid)
             self.blockers = found or self.blockers
             now = time.monotonic()
-            if now - self.reported < PROGRESS_INTERVAL_S:
+            if now - self.reported < self.every:
                 return
             self.reported = now
             statement = attempt.statement
@@ -286,8 +289,16 @@ class Monitor:
                 blockers=found,
                 **({"phase": f"{report.command}: {report.phase}", "percent": report.percent} if report else {}),
             )
+            ratio = report.percent / 100 if report and report.percent is not None else None
+            observe.progress(time.time() - (now - attempt.started), ratio)
+            self.published = True
         except psycopg.Error as exc:
             logger().debug("progress_unavailable", error=str(exc))
+
+    def close(self) -> None:
+        """Publish that no migration runs any more, if progress was published."""
+        if self.published:
+            observe.progress(0.0, None)
 
 
 def fail(
@@ -325,8 +336,6 @@ def committed(locked: Locked, migration: Migration, attempt: execute.Attempt) ->
 
 def apply_one(locked: Locked, migration: Migration, analysis: Analysis, settings: Settings) -> int:
     """Apply ``migration`` with lock-timeout retries; returns its duration in ms."""
-    from runner import execute  # noqa: PLC0415 - a no-op run (every pod start) never needs it
-
     log = logger()
     fields = {"migration": migration.name, "version": migration.label, "checksum": migration.checksum}
     if not analysis.transactional:
@@ -338,11 +347,30 @@ def apply_one(locked: Locked, migration: Migration, analysis: Analysis, settings
             + ("; a failure leaves earlier statements applied" if mixed else ""),
         )
     conn = locked.work()
-    session = execution_session(settings)
     monitor = Monitor(
         locked.conn, conn.info.backend_pid, fields, migration.directives.lock_timeout or settings.ddl_lock_timeout
     )
     retry = Retry(1.0, 30.0, (0.5, 1.0), attempts=settings.ddl_lock_retries)
+    try:
+        return _attempts(locked, migration, analysis, settings, conn, monitor, retry, fields)
+    finally:
+        monitor.close()
+
+
+def _attempts(
+    locked: Locked,
+    migration: Migration,
+    analysis: Analysis,
+    settings: Settings,
+    conn: Conn,
+    monitor: Monitor,
+    retry: Retry,
+    fields: dict[str, str],
+) -> int:
+    from runner import execute  # noqa: PLC0415 - a no-op run (every pod start) never needs it
+
+    log = logger()
+    session = execution_session(settings)
     while True:
         attempt = execute.Attempt()
         log.info("migration_started", **fields, attempt=retry.attempt + 1)

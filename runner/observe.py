@@ -1,4 +1,4 @@
-"""Structured logging (structlog) and Prometheus metrics. A leaf: imports nothing from ``runner``.
+"""Structured logging (structlog) and Prometheus metrics. A leaf but for ``console`` (a leaf too).
 
 Invariants:
 - One event per line on stderr (results alone go to stdout): JSON unless stderr is a terminal
@@ -24,8 +24,11 @@ from typing import Any, TextIO
 
 import structlog
 
+from runner import console
+
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 RUN_ID = os.urandom(8).hex()
+LIVE = False  # console format at a terminal: progress is a live line, refreshed often
 
 
 def _scrub_value(value: object, scrub: Callable[[str], str]) -> object:
@@ -86,9 +89,16 @@ class SafeStream:
 
 def configure(*, fmt: str | None, level: str, scrub: Callable[[str], str], stream: TextIO | None = None) -> None:
     """Set up structlog once per process; see the module docstring."""
+    global LIVE  # noqa: PLW0603 - one logging set-up per process, like structlog's own
     out = stream or sys.stderr
-    json = fmt == "json" or (fmt is None and not out.isatty())
-    renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+    terminal = out.isatty()
+    json = fmt == "json" or (fmt is None and not terminal)
+    renderer: Any = structlog.processors.JSONRenderer()
+    factory: Any = structlog.PrintLoggerFactory(file=out)
+    if not json:
+        renderer = console.Renderer(colour=terminal and not os.environ.get("NO_COLOR"))
+        factory = console.WriterFactory(console.Writer(out, live=terminal))
+    LIVE = terminal and not json
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -98,7 +108,7 @@ def configure(*, fmt: str | None, level: str, scrub: Callable[[str], str], strea
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        logger_factory=factory,
         cache_logger_on_first_use=False,
     )
     structlog.contextvars.clear_contextvars()
@@ -112,6 +122,11 @@ def bind(**fields: object) -> None:
 
 def logger() -> Any:
     return structlog.get_logger()
+
+
+def live() -> bool:
+    """Whether progress is shown as a live line at a terminal (else as periodic events)."""
+    return LIVE
 
 
 @dataclass
@@ -135,6 +150,8 @@ class RunMetrics:
     succeeded: bool | None = None
     run_duration_s: float | None = None
     exit_code: int | None = None
+    running_since: float = 0.0  # Unix time the migration in flight started; 0 when none runs
+    running_ratio: float | None = None  # its progress as PostgreSQL reports it, 0..1
 
     def families(self, only: frozenset[str] | None = None) -> list[Any]:
         from prometheus_client.core import GaugeMetricFamily  # noqa: PLC0415 - loaded only to export
@@ -148,6 +165,8 @@ class RunMetrics:
             "migrations_applied": float(self.applied),
             "migrations_pending": None if self.pending is None else float(self.pending),
             "last_exit_code": None if self.exit_code is None else float(self.exit_code),
+            "running_migration_started_timestamp_seconds": self.running_since,
+            "running_migration_progress_ratio": self.running_ratio,
         }
         families = []
         for name, value in values.items():
@@ -177,7 +196,10 @@ METRIC_HELP = {
     "migrations_pending": "Migrations pending when the last run started.",
     "migration_duration_seconds": "Duration of each migration applied by the last run that applied any.",
     "last_exit_code": "Exit code of the last run.",
+    "running_migration_started_timestamp_seconds": "Unix time the migration in flight started; 0 when none runs.",
+    "running_migration_progress_ratio": "Progress of the migration in flight as PostgreSQL reports it (0 to 1).",
 }
+PROGRESS_FAMILIES = frozenset({"running_migration_started_timestamp_seconds", "running_migration_progress_ratio"})
 LOCK_WAIT_FAMILIES = frozenset({"lock_wait_started_timestamp_seconds"})
 
 
@@ -257,6 +279,12 @@ def lock_acquired(waited_s: float) -> None:
         push("lock_acquired", LOCK_WAIT_FAMILIES | {"lock_wait_seconds"})
 
 
+def progress(running_since: float, ratio: float | None) -> None:
+    """Record the migration in flight (0: none) and its progress; push them if a gateway is set."""
+    RUN.running_since, RUN.running_ratio = running_since, ratio
+    push("progress", PROGRESS_FAMILIES)
+
+
 def finish(
     *,
     exit_code: int,
@@ -272,6 +300,7 @@ def finish(
     RUN.exit_code = exit_code
     RUN.run_duration_s = run_duration_s
     RUN.lock_wait_started = 0.0
+    RUN.running_since, RUN.running_ratio = 0.0, None
     RUN.applied, RUN.pending, RUN.lock_wait_s, RUN.durations_s = applied, pending, lock_wait_s, durations_s
     push("finished")
     if DELIVERY.metrics_file:

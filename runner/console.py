@@ -1,0 +1,149 @@
+"""The console log format, for people at a terminal. A leaf: imports nothing from ``runner``.
+
+Invariants:
+- One short line per event: the time (HH:MM:SS, UTC), a level tag only when it matters,
+  what happened in words for the runner's main events, then the remaining fields as
+  ``key=value``. Context every line would repeat (run id, database, runner version, full
+  checksum, timestamp) is left out or shortened.
+- Errors stand out: an ``ERROR`` tag and the error text on a line of its own.
+- Structures print readably: a dict as ``k=v, k=v``, a list as items separated by ``; ``,
+  never a Python ``repr``.
+- Colour (ANSI) only when asked for, which the caller does only for a terminal and never
+  when ``NO_COLOR`` is set. Only ASCII is written, whatever the terminal's encoding.
+- ``migration_progress`` at a terminal is a live line, rewritten in place until the next event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+HIDDEN = {"timestamp", "level", "event", "run_id", "database", "runner_version"}
+RED, YELLOW, GREEN, DIM, BOLD, RESET = "\x1b[31m", "\x1b[33m", "\x1b[32m", "\x1b[2m", "\x1b[1m", "\x1b[0m"
+BAR_WIDTH = 20
+
+
+@dataclass(frozen=True)
+class Line:
+    """A rendered event: its text, and whether it is a live line to be overwritten."""
+
+    text: str
+    transient: bool = False
+
+
+def value(item: object) -> str:
+    """A field value as people read it."""
+    if isinstance(item, Mapping):
+        return ", ".join(f"{k}={value(v)}" for k, v in item.items() if v is not None)
+    if isinstance(item, list | tuple):
+        return "; ".join(value(v) for v in item) or "-"
+    if isinstance(item, float):
+        return f"{item:g}"
+    return str(item)
+
+
+def _ms(event: Mapping[str, Any], key: str) -> str:
+    number = event.get(key)
+    if not isinstance(number, int | float):
+        return ""
+    return f"{number / 1000:.1f} s" if number >= 10000 else f"{number:.0f} ms"
+
+
+def _bar(percent: object) -> str:
+    if not isinstance(percent, int | float):
+        return ""
+    done = round(BAR_WIDTH * min(100.0, max(0.0, percent)) / 100)
+    return f"[{'#' * done}{'.' * (BAR_WIDTH - done)}] {percent:.0f}%"
+
+
+# What the main events say, in words; the keys a phrase uses are not repeated after it.
+PHRASES: dict[str, tuple[Callable[[Mapping[str, Any]], str], set[str]]] = {
+    "run_started": (
+        lambda e: f"{e.get('command')} started (runner {e.get('runner_version')}, database {e.get('database')})",
+        {"command"},
+    ),
+    "plan_ready": (lambda e: f"plan: {e.get('pending')} pending, {e.get('applied')} applied", {"pending", "applied"}),
+    "migration_started": (lambda e: f"applying {e.get('migration')}", {"migration", "version", "checksum"}),
+    "migration_applied": (
+        lambda e: f"applied  {e.get('migration')}  {_ms(e, 'duration_ms')}",
+        {"migration", "version", "checksum", "duration_ms"},
+    ),
+    "migration_failed": (
+        lambda e: f"FAILED   {e.get('migration')}" + (f" at line {e['line']}" if e.get("line") else ""),
+        {"migration", "version", "checksum", "line"},
+    ),
+    "migration_progress": (
+        lambda e: f"running  {e.get('migration')}  {_ms(e, 'elapsed_ms')}  {_bar(e.get('percent'))}".rstrip(),
+        {"migration", "version", "checksum", "elapsed_ms", "percent"},
+    ),
+    "lock_acquired": (lambda e: f"lock acquired after {_ms(e, 'lock_wait_ms')}", {"lock_wait_ms"}),
+    "run_finished": (
+        lambda e: f"{e.get('command')} finished: exit {e.get('exit_code')} after {_ms(e, 'duration_ms')}",
+        {"command", "exit_code", "duration_ms"},
+    ),
+}
+
+
+class Renderer:
+    """The last structlog processor of the console format: an event -> a ``Line`` (as structlog's args)."""
+
+    def __init__(self, *, colour: bool) -> None:
+        self.colour = colour
+
+    def paint(self, text: str, code: str) -> str:
+        return f"{code}{text}{RESET}" if self.colour else text
+
+    def __call__(
+        self, _logger: Any, _method: str, event: MutableMapping[str, Any]
+    ) -> tuple[tuple[Line], dict[str, Any]]:
+        name = str(event.get("event", ""))
+        level = str(event.get("level", "info"))
+        phrase, used = PHRASES.get(name, (lambda e: str(e.get("event")), set()))
+        head = phrase(event)
+        if name == "migration_applied":
+            head = self.paint(head, GREEN)
+        fields = {k: v for k, v in event.items() if k not in HIDDEN | used and v is not None and k != "error"}
+        if isinstance(fields.get("checksum"), str):
+            fields["checksum"] = fields["checksum"][:12]
+        when = str(event.get("timestamp", ""))[11:19]
+        tag = {"error": self.paint("ERROR ", RED + BOLD), "warning": self.paint("WARN ", YELLOW)}.get(level, "")
+        text = f"{self.paint(when, DIM)} {tag}{head}"
+        if fields:
+            text += "  " + " ".join(f"{key}={value(item)}" for key, item in fields.items())
+        if event.get("error") is not None:
+            text += "\n    " + self.paint(value(event["error"]), RED if level == "error" else YELLOW)
+        line = Line(text.encode("ascii", "replace").decode(), transient=name == "migration_progress")
+        return (line,), {}
+
+
+class Writer:
+    """Writes ``Line`` values: a live line is rewritten in place, cleared before the next event."""
+
+    def __init__(self, stream: TextIO, *, live: bool) -> None:
+        self.stream, self.live = stream, live
+        self.showing = False
+
+    def msg(self, line: Line | str) -> None:
+        if not isinstance(line, Line):
+            line = Line(str(line))
+        clear = "\r\x1b[K" if self.showing else ""
+        if line.transient and self.live:
+            self.stream.write(f"{clear}{line.text.splitlines()[0]}")
+            self.showing = True
+        else:
+            self.stream.write(f"{clear}{line.text}\n")
+            self.showing = False
+        self.stream.flush()
+
+    debug = info = warning = error = critical = msg
+
+
+class WriterFactory:
+    """A structlog logger factory handing out one ``Writer``."""
+
+    def __init__(self, writer: Writer) -> None:
+        self.writer = writer
+
+    def __call__(self, *_args: object) -> Writer:
+        return self.writer
