@@ -21,7 +21,7 @@ Method (also written under the results table):
   an event wait.
 - Each case: traffic starts; after the warm-up the operation starts (``migration-runner
   migrate`` applying the case's file); traffic goes on for the tail after it ends, then
-  pgbench is interrupted (the last fraction of a second of its log may be lost; it lies in the
+  pgbench is stopped (the last fraction of a second of its log may be lost; it lies in the
   tail). Statistics cover the transactions due while the operation ran; for the baseline, a
   window of the same traffic with no operation.
 """
@@ -250,7 +250,7 @@ class Bench:
             end = time.time()
             op_seconds = end - start
             time.sleep(self.args.tail)
-            pgbench.send_signal(signal.SIGINT)
+            pgbench.send_signal(signal.SIGTERM)  # not SIGINT: a background job inherits it ignored
             _, stderr = pgbench.communicate(timeout=60)
             aborted = stderr.count("aborted")
             if aborted:
