@@ -26,8 +26,12 @@
 --      and the new indexes become its PRIMARY KEY and UNIQUE constraints; the parent's
 --      PRIMARY KEY (id, block_time) and UNIQUE (signature, block_time) then adopt them without
 --      a build. Milliseconds under ACCESS EXCLUSIVE.
--- Every lock wait is bounded by the lock-timeout below; on a timeout the runner retries the
---   file, and the steps already done are skipped.
+-- Lock waits: steps 1, 3 and 5 set lock_timeout to 500ms for themselves, since the monitor's
+--   statements queue behind a waiting ACCESS EXCLUSIVE request. Steps 2 and 4 keep the runner's
+--   (--ddl-lock-timeout, 5s by default): their waits block no reader or writer, and a wait
+--   longer than deadlock_timeout (1s) makes PostgreSQL cancel an autovacuum in the way, where
+--   a shorter one would time out first. On a timeout the runner retries the file, and the
+--   steps already done are skipped.
 --
 -- Uniqueness: a unique key on a partitioned table must include the partition key, so the old
 --   UNIQUE (signature) becomes UNIQUE (signature, block_time), and the primary key becomes
@@ -45,7 +49,7 @@
 --   the cutover on fail the CHECK: resume the migration (a re-run moves a cutover less than a
 --   day ahead), or drop the constraint trades_unified_legacy_range.
 -- ensure_trades_partitions() is meant for a monthly job, so the DEFAULT partition stays empty.
--- runner: no-transaction lock-timeout=500ms
+-- runner: no-transaction
 
 -- ==== START MIGRATION ====
 
@@ -116,6 +120,7 @@ DECLARE
                              + interval '1 month') AT TIME ZONE 'UTC';
     existing TEXT;
 BEGIN
+    SET LOCAL lock_timeout = '500ms';
     IF (SELECT relkind FROM pg_class WHERE oid = 'trades_unified'::regclass) <> 'r' THEN
         RETURN;  -- already partitioned
     END IF;
@@ -146,6 +151,7 @@ DO $$
 DECLARE
     cutover TIMESTAMPTZ;
 BEGIN
+    SET LOCAL lock_timeout = '500ms';
     IF (SELECT relkind FROM pg_class WHERE oid = 'trades_unified'::regclass) <> 'r' THEN
         RETURN;  -- already partitioned
     END IF;
@@ -188,6 +194,7 @@ CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS trades_unified_legacy_signature_b
 -- Step 5: the keys.
 DO $$
 BEGIN
+    SET LOCAL lock_timeout = '500ms';
     IF EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = 'trades_unified'::regclass AND contype = 'p') THEN
         RETURN;
     END IF;
