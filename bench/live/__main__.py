@@ -1,7 +1,8 @@
 """``python -m bench.live``: the token monitor's traffic while a data change runs, side by side.
 
 Cases: baseline (traffic only); (a) a one-statement backfill; (b) the same backfill as a
-batched data file; old 004 (copies every trade under ACCESS EXCLUSIVE, from git 0d66cbe) and
+batched data file (once the runner applies ``-- runner: batch`` files); (b*) the same batches
+driven by the bench itself, as the executor would run them (``emulate_batches``); old 004 (copies every trade under ACCESS EXCLUSIVE, from git 0d66cbe) and
 new 004 (attaches the table as a partition). Every case runs in one invocation, one after the
 other, on its own copy of the same database.
 
@@ -77,6 +78,7 @@ class Case:
     setup: list[tuple[str, str]] = field(default_factory=list)  # (file name, SQL)
     operation: tuple[str, str] | None = None
     rows: Callable[[psycopg.Connection[tuple[object, ...]]], int] | None = None  # rows the operation wrote
+    emulate: Callable[[str], str] | None = None  # instead of a file: run this against the database URL
 
 
 @dataclass
@@ -90,6 +92,7 @@ class Outcome:
     failed: int
     aborted: int
     op_seconds: float = 0.0
+    work_seconds: float = 0.0  # the operation's own time: the runner's duration_ms, or op_seconds
     rows: int = 0
     note: str = ""
 
@@ -106,6 +109,40 @@ def old_004() -> str:
 def filled_tokens(conn: psycopg.Connection[tuple[object, ...]]) -> int:
     row = conn.execute("SELECT count(*) FROM tokens_unified WHERE latest_market_cap_sol IS NOT NULL").fetchone()
     return int(row[0]) if row else 0
+
+
+def emulate_batches(url: str, batch_size: int = 2000, pause: float = 0.02) -> str:
+    """What a batch executor would do with backfill_batch.sql, driven from here until the runner can.
+
+    Each batch is one autocommit statement: the file's UPDATE with its WHERE clause extended by
+    the next range of the primary key, mint_address > last AND mint_address <= upper, where
+    upper is the batch_size-th key after last (an index-only scan). Then a pause.
+    """
+    text = (HERE / "backfill_batch.sql").read_text()
+    statement = text.split("-- ==== START MIGRATION ====")[1].split("-- ==== END MIGRATION ====")[0].strip()
+    ranged = (
+        statement.rstrip(";")
+        + " AND mint_address > %(last)s AND (%(upper)s::text IS NULL OR mint_address <= %(upper)s)"
+    )
+    batches, longest = 0, 0.0
+    with psycopg.connect(url, autocommit=True) as conn:
+        last = ""
+        while True:
+            found = conn.execute(
+                "SELECT mint_address FROM tokens_unified WHERE mint_address > %s ORDER BY mint_address"
+                " OFFSET %s LIMIT 1",
+                [last, batch_size - 1],
+            ).fetchone()
+            upper = found[0] if found else None
+            started = time.monotonic()
+            conn.execute(ranged, {"last": last, "upper": upper})
+            longest = max(longest, time.monotonic() - started)
+            batches += 1
+            if upper is None:
+                break
+            last = upper
+            time.sleep(pause)
+    return f"{batches} batches of {batch_size} keys, {pause * 1000:g} ms pause, longest batch {longest * 1000:.0f} ms"
 
 
 def cases() -> dict[str, Case]:
@@ -125,6 +162,14 @@ def cases() -> dict[str, Case]:
             [add_column],
             ("005_backfill_token_market_cap_sol.sql", (HERE / "backfill_batch.sql").read_text()),
             filled_tokens,
+        ),
+        "b-emulated": Case(
+            "b-emulated",
+            "(b*) batches driven by the bench",
+            [add_column],
+            None,
+            filled_tokens,
+            emulate_batches,
         ),
         "old004": Case("old004", f"(c) old 004 ({OLD_004_COMMIT})", [], ("004_partition_trades_table.sql", old_004())),
         "new004": Case(
@@ -236,17 +281,20 @@ class Bench:
                 done = self.runner(db, directory, "migrate")
                 if done.returncode != 0:
                     raise SystemExit(f"{case.key} set-up failed:\n{done.stdout}{done.stderr}")
+            load_before = os.getloadavg()[0]
             prefix = self.work / f"pgbench-{case.key}"
             pgbench = self.traffic(db, prefix)
             time.sleep(self.args.warmup)
-            op_seconds, note = 0.0, ""
+            note, work = "", 0.0
             start = time.time()
-            if case.operation is None:
+            if case.emulate is not None:
+                note = case.emulate(self.cluster.url(db))
+            elif case.operation is None:
                 time.sleep(self.args.baseline)
             else:
                 (directory / case.operation[0]).write_text(case.operation[1])
                 done = self.runner(db, directory, "migrate")
-                note = runner_note(done)
+                note, work = runner_note(done)
             end = time.time()
             op_seconds = end - start
             time.sleep(self.args.tail)
@@ -257,7 +305,10 @@ class Bench:
                 print(f"  ! pgbench: {stderr[-600:]}", file=sys.stderr)
             all_samples, failed = read_logs(prefix)
             window = [s for s in all_samples if start <= s[0] <= end]
-            outcome = Outcome(case, window, all_samples, (start, end), failed, aborted, op_seconds, note=note)
+            note = f"{note}; " if note else ""
+            note += f"machine load average (1 min) {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
+            outcome = Outcome(case, window, all_samples, (start, end), failed, aborted, op_seconds, work or op_seconds)
+            outcome.note = note
             with psycopg.connect(self.cluster.url(db), autocommit=True) as conn:
                 if case.rows is not None:
                     outcome.rows = case.rows(conn)
@@ -268,13 +319,15 @@ class Bench:
             self.admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
 
 
-def runner_note(done: subprocess.CompletedProcess[str]) -> str:
+def runner_note(done: subprocess.CompletedProcess[str]) -> tuple[str, float]:
+    """A note on the runner's run, and the applied migration's own duration in seconds."""
     events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     retries = sum(1 for e in events if e.get("event") == "ddl_lock_retry")
     if done.returncode != 0:
         failed = next((e for e in events if e.get("event") == "run_failed"), {})
         raise SystemExit(f"the operation failed (exit {done.returncode}): {failed.get('error', done.stderr[-500:])}")
-    return f"runner exit 0, {retries} lock-timeout retries"
+    applied = sum(e["duration_ms"] for e in events if e.get("event") == "migration_applied") / 1000
+    return f"runner exit 0, {retries} lock-timeout retries, migration {applied:.1f} s", applied
 
 
 def rows_kept(conn: psycopg.Connection[tuple[object, ...]], trades: int) -> str:
@@ -316,7 +369,7 @@ def row(outcome: Outcome, baseline: Outcome | None) -> str:
     writes = [s[1] for s in outcome.samples if s[2] in WRITES]
     p99 = percentile(latencies, 0.99)
     ratio = f"{p99 / percentile([s[1] for s in baseline.samples], 0.99):.1f}x" if baseline else ""
-    throughput = f"{outcome.rows / outcome.op_seconds:,.0f} rows/s ({outcome.rows:,} rows)" if outcome.rows else ""
+    throughput = f"{outcome.rows / outcome.work_seconds:,.0f} rows/s ({outcome.rows:,} rows)" if outcome.rows else ""
     return (
         f"| {outcome.case.title} | {outcome.op_seconds:.1f} | {len(latencies):,} | {percentile(latencies, 0.5):.1f}"
         f" | {p99:.1f} | {ratio} | {max(latencies, default=0):.0f} | {max(writes, default=0):.0f}"
@@ -390,9 +443,14 @@ def report(bench: Bench, outcomes: list[Outcome], skipped: list[str], png: Path)
         (
             "- p50/p99/max: over the application's transactions due while the operation ran; max write: the"
             " longest insert or token update among them; failed: transactions pgbench logged as failed plus"
-            " aborted clients."
+            " aborted clients. operation s: wall time from starting the runner to its exit; throughput: rows"
+            " written per second of the migration's own duration (the runner's duration_ms; the bench's own"
+            " batches: their wall time)."
         ),
-        "- One shared 2-core machine: compare the cases within one run, not absolute numbers across runs.",
+        (
+            "- One shared 2-core machine: other engineers' test suites may run meanwhile (the load averages in"
+            " the notes show it); compare the cases within one run, not absolute numbers across runs."
+        ),
         "",
     ]
     return "\n".join(lines)
@@ -409,7 +467,9 @@ def main() -> int:
     parser.add_argument("--tail", type=float, default=5, help="seconds of traffic after the operation")
     parser.add_argument("--baseline", type=float, default=30, help="seconds of the baseline window")
     parser.add_argument(
-        "--cases", default="baseline,a,b,old004,new004", help="comma-separated, in order (default: all)"
+        "--cases",
+        default="baseline,a,b,b-emulated,old004,new004",
+        help="comma-separated, in order (default: all)",
     )
     parser.add_argument("--base", default="/dev/shm", help="parent directory of the data directory (default tmpfs)")
     args = parser.parse_args()
