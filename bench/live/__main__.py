@@ -422,7 +422,7 @@ def report(bench: Bench, outcomes: list[Outcome], skipped: list[str], png: Path)
             f"Traffic: pgbench -R {args.rate} -c {args.clients} -j {args.threads} -M prepared; warm-up"
             f" {args.warmup:g} s, tail {args.tail:g} s, baseline window {args.baseline:g} s."
         ),
-        f"Command: `flock /tmp/bench.lock .venv/bin/python -m bench.live {' '.join(sys.argv[1:])}`".rstrip() + "",
+        f"Command: `{' '.join(['flock /tmp/bench.lock .venv/bin/python -m bench.live', *sys.argv[1:]])}`",
         "",
         (
             "| case | operation s | app transactions | p50 ms | p99 ms | p99 / baseline | max ms | max write ms"
