@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,13 +28,45 @@ def add_months(moment: dt.datetime, months: int) -> dt.datetime:
     return dt.datetime(index // 12, index % 12 + 1, 1, tzinfo=dt.UTC)
 
 
+def cutover(now: dt.datetime) -> dt.datetime:
+    """004's cutover: the first UTC month start at least 7 days after ``now``."""
+    return add_months(now + dt.timedelta(days=7), 1)
+
+
+def partitions(db: Database) -> dict[str, str]:
+    """Partition name -> bound of trades_unified."""
+    return dict(
+        db.query(
+            "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i JOIN pg_class c"
+            " ON c.oid = i.inhrelid WHERE i.inhparent = 'trades_unified'::regclass"
+        )
+    )
+
+
+def expected_partitions(now: dt.datetime) -> dict[str, str]:
+    """trades_unified_legacy up to the cutover, a partition per month from it to now + 3 months, DEFAULT."""
+
+    def utc(moment: dt.datetime) -> str:
+        return f"'{moment:%Y-%m-%d} 00:00:00+00'"
+
+    start = cutover(now)
+    months = [add_months(start, i) for i in range(4) if add_months(start, i) <= add_months(now, 3)]
+    expected = {
+        "trades_unified_legacy": f"FOR VALUES FROM (MINVALUE) TO ({utc(start)})",
+        "trades_unified_default": "DEFAULT",
+    }
+    for month in months:
+        expected[month_partition(month)] = f"FOR VALUES FROM ({utc(month)}) TO ({utc(add_months(month, 1))})"
+    return expected
+
+
 def run_bundled(db: Database, *args: str) -> None:
     result = db.run("migrate", *args, env=db.env(MIGRATIONS_DIR=str(BUNDLED)))
     assert result.code == 0, result.stdout + result.stderr
 
 
 def test_bundled_files_pass_validation() -> None:
-    """001-006 are named, numbered and parse cleanly; only 005 runs outside a transaction."""
+    """001-006 are named, numbered and parse cleanly; 004 and 005 run outside a transaction."""
     migrations = discover(BUNDLED)
     assert [m.name for m in migrations] == [
         "001_initial_schema.sql",
@@ -42,7 +76,7 @@ def test_bundled_files_pass_validation() -> None:
         "005_add_analytics_indexes.sql",
         "006_create_archival_tables.sql",
     ]
-    assert [analyse(m).transactional for m in migrations] == [True, True, True, True, False, True]
+    assert [analyse(m).transactional for m in migrations] == [True, True, True, False, False, True]
     for migration in migrations:
         for header in (
             "-- Migration: ",
@@ -56,20 +90,12 @@ def test_bundled_files_pass_validation() -> None:
 
 
 def test_apply_to_empty_database(db: Database) -> None:
-    """All six apply to an empty database; trades_unified ends partitioned with a default partition."""
+    """All six apply to an empty database; trades_unified ends partitioned: the (empty) legacy partition up to
+    the cutover, monthly partitions from it, a DEFAULT partition, every index valid."""
     run_bundled(db)
     assert len(db.applied()) == 6
     assert db.query("SELECT relkind FROM pg_class WHERE oid = 'trades_unified'::regclass") == [("p",)]
-    now = dt.datetime.now(dt.UTC)
-    expected = {month_partition(add_months(now, i)) for i in range(4)} | {"trades_unified_default"}
-    partitions = {
-        name
-        for (name,) in db.query(
-            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-            " WHERE i.inhparent = 'trades_unified'::regclass"
-        )
-    }
-    assert partitions == expected
+    assert partitions(db) == expected_partitions(dt.datetime.now(dt.UTC))
     assert db.query("SELECT count(*) FROM pg_index WHERE NOT indisvalid") == [(0,)]
 
 
@@ -92,14 +118,15 @@ def test_second_run_of_every_file_changes_nothing(db: Database) -> None:
 
 
 def test_partitioning_keeps_every_trade(db: Database) -> None:
-    """001-003, the 500,000-trade sample, then 004-006: every trade identical, partitions as expected,
-    next month's inserts land in their partition, and archival moves exactly the old rows."""
+    """001-003, the 500,000-trade sample, then 004-006: every trade identical and now in the legacy partition,
+    attached without a scan; new months land in their partitions; archival moves exactly the old rows."""
     run_bundled(db, "--target", "3")
     with db.connect() as conn:
         with conn.transaction():
             counts = sample_data.load(conn)
         trades_before = conn.execute(ROW_DIGEST.format("trades_unified")).fetchone()
         tokens_before = conn.execute("SELECT count(*) FROM tokens_unified").fetchone()
+        conn.execute(f'ALTER DATABASE "{db.name}" SET log_min_messages = debug1')
     assert trades_before[0] == counts["trades_unified"] == 500_000
     started = time.monotonic()
     result = db.run("migrate", env=db.env(MIGRATIONS_DIR=str(BUNDLED)))
@@ -109,26 +136,42 @@ def test_partitioning_keeps_every_trade(db: Database) -> None:
         f"\n004 on the {counts['trades_unified']}-trade sample: {durations['004_partition_trades_table.sql']} ms;"
         f" 004-006 whole run {time.monotonic() - started:.1f}s"
     )
+    assert (
+        'partition constraint for table "trades_unified_legacy" is implied by existing constraints' in db.cluster.log()
+    )
+    now = dt.datetime.now(dt.UTC)
+    assert partitions(db) == expected_partitions(now)
     with db.connect() as conn:
+        conn.execute(f'ALTER DATABASE "{db.name}" RESET log_min_messages')
         assert conn.execute(ROW_DIGEST.format("trades_unified")).fetchone() == trades_before
-        assert conn.execute(ROW_DIGEST.format("trades_unified_unpartitioned")).fetchone() == trades_before
+        assert conn.execute(ROW_DIGEST.format("trades_unified_legacy")).fetchone() == trades_before
         assert conn.execute("SELECT count(*) FROM tokens_unified").fetchone() == tokens_before
-        assert conn.execute("SELECT count(*) FROM trades_unified_default").fetchone() == (0,)
-        per_month = dict(
-            conn.execute("SELECT tableoid::regclass::text, count(*) FROM trades_unified GROUP BY 1").fetchall()
-        )
-        data_months = {month_partition(dt.datetime(2026, m, 1, tzinfo=dt.UTC)) for m in range(5, 11)}
-        assert set(per_month) == data_months
-        assert sum(per_month.values()) == 500_000
-        next_month = add_months(dt.datetime.now(dt.UTC), 1)
+        assert conn.execute("SELECT to_regclass('trades_unified_unpartitioned')").fetchone() == (None,)
+        next_month = add_months(now, 1)
         landed = conn.execute(
             "INSERT INTO trades_unified (signature, mint_address, program, trade_type, user_address, sol_amount,"
             " token_amount, price_sol, slot, block_time) SELECT 'next-month-sig', mint_address, 'amm_pool', 'buy',"
             " 'wallet', 1, 1, 0.1, 1, %s FROM tokens_unified LIMIT 1 RETURNING tableoid::regclass::text, id",
             [next_month + dt.timedelta(hours=5)],
         ).fetchone()
-        assert landed[0] == month_partition(next_month)
+        assert landed[0] == (month_partition(next_month) if next_month >= cutover(now) else "trades_unified_legacy")
         assert landed[1] == 500_001  # the id sequence carried over
+        after_cutover = conn.execute(
+            "INSERT INTO trades_unified (signature, mint_address, program, trade_type, user_address, sol_amount,"
+            " token_amount, price_sol, slot, block_time) SELECT 'after-cutover-sig', mint_address, 'amm_pool', 'buy',"
+            " 'wallet', 1, 1, 0.1, 1, %s FROM tokens_unified LIMIT 1 RETURNING tableoid::regclass::text",
+            [cutover(now)],
+        ).fetchone()
+        assert after_cutover == (month_partition(cutover(now)),)
+        old_trade = conn.execute("SELECT signature, block_time FROM trades_unified WHERE id = 7").fetchone()
+        for conflict in ("", "(signature, block_time)"):
+            redelivered = conn.execute(
+                "INSERT INTO trades_unified (signature, mint_address, program, trade_type, user_address, sol_amount,"
+                " token_amount, price_sol, slot, block_time) SELECT %s, mint_address, 'amm_pool', 'buy', 'w', 1, 1,"
+                f" 0.1, 1, %s FROM tokens_unified LIMIT 1 ON CONFLICT {conflict} DO NOTHING",
+                old_trade,
+            )
+            assert redelivered.rowcount == 0
         with pytest.raises(Exception, match="chk_positive_price"):
             conn.execute(
                 "INSERT INTO trades_unified (signature, mint_address, program, trade_type, user_address,"
@@ -146,8 +189,79 @@ def test_partitioning_keeps_every_trade(db: Database) -> None:
             == old
         )
         assert conn.execute("SELECT count(*) FROM trades_unified WHERE block_time < %s", [cutoff]).fetchone() == (0,)
-        assert conn.execute("SELECT count(*) FROM trades_unified").fetchone()[0] + old[0] == 500_001
+        assert conn.execute("SELECT count(*) FROM trades_unified").fetchone()[0] + old[0] == 500_002
         assert conn.execute("SELECT status, rows_moved FROM archival_runs").fetchall() == [("completed", old[0])]
+
+
+def monitor_writer(db: Database, stop: threading.Event, landed: list[str], errors: list[BaseException]) -> None:
+    """The monitor's statements in a loop, each in its own transaction: insert a trade (ON CONFLICT DO NOTHING,
+    the form that works throughout 004), update its token's latest price, read the token's recent trades.
+    ``landed`` gets the table each insert went to."""
+    try:
+        with db.connect() as conn:
+            mints = [m for (m,) in conn.execute("SELECT mint_address FROM tokens_unified ORDER BY 1 LIMIT 50")]
+            n = 0
+            while not stop.is_set():
+                mint = mints[n % len(mints)]
+                row = conn.execute(
+                    "INSERT INTO trades_unified (signature, mint_address, program, trade_type, user_address,"
+                    " sol_amount, token_amount, price_sol, slot, block_time) VALUES (%s, %s, 'amm_pool', 'buy',"
+                    " 'writer', 1, 1, 0.5, 1, now()) ON CONFLICT DO NOTHING RETURNING tableoid::regclass::text",
+                    [f"writer-{n}", mint],
+                ).fetchone()
+                assert row is not None
+                landed.append(row[0])
+                conn.execute("UPDATE tokens_unified SET latest_price_sol = 0.5 WHERE mint_address = %s", [mint])
+                conn.execute(
+                    "SELECT * FROM trades_unified WHERE mint_address = %s ORDER BY block_time DESC LIMIT 20", [mint]
+                ).fetchall()
+                n += 1
+    except BaseException as exc:  # reported by the test
+        errors.append(exc)
+
+
+def wait_for(condition: Any, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_conversion_keeps_a_concurrent_writer_going(db: Database) -> None:
+    """A writer inserting, updating and reading all through 004 never fails, writes before and after the swap,
+    and every row it wrote is in the partitioned table."""
+    run_bundled(db, "--target", "3")
+    with db.connect() as conn, conn.transaction():
+        sample_data.load(conn, trades=50_000, tokens=500)
+    stop, landed, errors = threading.Event(), [], []
+    writer = threading.Thread(target=monitor_writer, args=(db, stop, landed, errors))
+    writer.start()
+    try:
+        wait_for(lambda: len(landed) >= 20 or errors)
+        run_bundled(db, "--target", "4")
+        written = len(landed)
+        wait_for(lambda: len(landed) >= written + 20 or errors)
+    finally:
+        stop.set()
+        writer.join(30)
+    assert errors == []
+    assert landed[0] == "trades_unified"  # the plain table, before the swap
+    assert landed[-1] == "trades_unified_legacy"  # the current month's partition, after it
+    assert db.query("SELECT count(*) FROM trades_unified WHERE user_address = 'writer'") == [(len(landed),)]
+    assert db.query("SELECT count(*) FROM trades_unified") == [(50_000 + len(landed),)]
+
+
+def test_stale_cutover_is_replaced(db: Database) -> None:
+    """A range CHECK left by a run that stopped long ago, its cutover less than a day ahead, is replaced by a
+    later cutover before the swap, so writers of the coming days are never refused."""
+    run_bundled(db, "--target", "3")
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    db.query(
+        "ALTER TABLE trades_unified ADD CONSTRAINT trades_unified_legacy_range"
+        f" CHECK (block_time < '{soon.isoformat()}'::timestamptz) NOT VALID"
+    )
+    run_bundled(db)
+    assert partitions(db) == expected_partitions(dt.datetime.now(dt.UTC))
 
 
 def test_lint_passes_on_bundled(db: Database) -> None:

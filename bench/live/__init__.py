@@ -1,0 +1,1 @@
+"""Online data changes against live traffic: ``python -m bench.live`` (see ``__main__``)."""
