@@ -274,6 +274,11 @@ def _non_transactional(kind: str, body: dict[str, Any]) -> bool:
         return bool(body.get("is_vacuumcmd"))
     if kind == "ReindexStmt":
         return _reindex_concurrently(body)
+    if kind == "AlterTableStmt":  # ALTER TABLE ... DETACH PARTITION ... CONCURRENTLY
+        return any(
+            cmd.get("AlterTableCmd", {}).get("def", {}).get("PartitionCmd", {}).get("concurrent")
+            for cmd in body.get("cmds", ())
+        )
     return False
 
 

@@ -156,6 +156,7 @@ def test_syntax_error_names_line(tmp_path: Path) -> None:
         "VACUUM t;",
         "ALTER SYSTEM SET work_mem = '8MB';",
         "CREATE DATABASE other;",
+        "ALTER TABLE trades DETACH PARTITION trades_legacy CONCURRENTLY;",
     ],
 )
 def test_non_transactional_statements_are_detected(tmp_path: Path, sql: str) -> None:
