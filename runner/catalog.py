@@ -42,18 +42,18 @@ SELECT a.wait_event_type, a.wait_event,
         FROM pg_catalog.pg_locks l WHERE l.pid = a.pid AND NOT l.granted LIMIT 1)
 FROM pg_catalog.pg_stat_activity a WHERE a.pid = %s
 """
-# (view, done column, total column) per kind of work PostgreSQL reports progress for.
+# (view, phase, units done, units in all) per kind of work PostgreSQL reports progress for.
 PROGRESS_VIEWS = (
-    ("create_index", "blocks_done", "blocks_total"),
-    ("cluster", "heap_blks_scanned", "heap_blks_total"),
-    ("copy", "bytes_processed", "bytes_total"),
-    ("vacuum", "heap_blks_scanned", "heap_blks_total"),
-    ("analyze", "sample_blks_scanned", "sample_blks_total"),
+    ("create_index", "phase", "blocks_done", "blocks_total"),
+    ("cluster", "phase", "heap_blks_scanned", "heap_blks_total"),
+    ("copy", "command || ' ' || type", "bytes_processed", "bytes_total"),
+    ("vacuum", "phase", "heap_blks_scanned", "heap_blks_total"),
+    ("analyze", "phase", "sample_blks_scanned", "sample_blks_total"),
 )
 PROGRESS_SQL = " UNION ALL ".join(
-    f"SELECT '{view}', phase::text, {done}::int8, {total}::int8 FROM pg_catalog.pg_stat_progress_{view} "
+    f"SELECT '{view}', ({phase})::text, {done}::int8, {total}::int8 FROM pg_catalog.pg_stat_progress_{view} "
     "WHERE pid = %(pid)s"
-    for view, done, total in PROGRESS_VIEWS
+    for view, phase, done, total in PROGRESS_VIEWS
 )
 
 

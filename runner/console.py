@@ -66,7 +66,7 @@ PHRASES: dict[str, tuple[Callable[[Mapping[str, Any]], str], set[str]]] = {
     "plan_ready": (lambda e: f"plan: {e.get('pending')} pending, {e.get('applied')} applied", {"pending", "applied"}),
     "migration_started": (lambda e: f"applying {e.get('migration')}", {"migration", "version", "checksum"}),
     "migration_applied": (
-        lambda e: f"applied  {e.get('migration')}  {_ms(e, 'duration_ms')}",
+        lambda e: f"applied  {e.get('migration')}  {_ms(e, 'duration_ms')}  sha {str(e.get('checksum'))[:12]}",
         {"migration", "version", "checksum", "duration_ms"},
     ),
     "migration_failed": (

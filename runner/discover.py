@@ -90,6 +90,7 @@ class Statement:
     file_line: int  # 1-based line of ``offset``
     transactional: bool
     concurrent_index: bool = False  # CREATE INDEX CONCURRENTLY or REINDEX CONCURRENTLY
+    concurrently: bool = False  # any ... CONCURRENTLY statement (see ``_concurrently``)
     node: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # {"Kind": {...}}
 
     @cached_property
@@ -265,21 +266,29 @@ def discover(directory: Path) -> list[Migration]:
     return migrations
 
 
-def _non_transactional(kind: str, body: dict[str, Any]) -> bool:
-    if kind in NON_TRANSACTIONAL_NODES:
-        return True
+def _concurrently(kind: str, body: dict[str, Any]) -> bool:
+    """Whether the statement is CREATE/DROP INDEX, REINDEX or DETACH PARTITION ... CONCURRENTLY.
+
+    Such a statement waits for other transactions to end, blocking no reader or writer meanwhile.
+    """
     if kind in {"IndexStmt", "DropStmt"}:
         return bool(body.get("concurrent"))
-    if kind == "VacuumStmt":
-        return bool(body.get("is_vacuumcmd"))
     if kind == "ReindexStmt":
         return _reindex_concurrently(body)
-    if kind == "AlterTableStmt":  # ALTER TABLE ... DETACH PARTITION ... CONCURRENTLY
+    if kind == "AlterTableStmt":
         return any(
             cmd.get("AlterTableCmd", {}).get("def", {}).get("PartitionCmd", {}).get("concurrent")
             for cmd in body.get("cmds", ())
         )
     return False
+
+
+def _non_transactional(kind: str, body: dict[str, Any]) -> bool:
+    if kind in NON_TRANSACTIONAL_NODES:
+        return True
+    if kind == "VacuumStmt":
+        return bool(body.get("is_vacuumcmd"))
+    return _concurrently(kind, body)
 
 
 def _reindex_concurrently(body: dict[str, Any]) -> bool:
@@ -340,6 +349,7 @@ def analyse(migration: Migration) -> Analysis:
             not _non_transactional(kind, body),
             (kind == "IndexStmt" and bool(body.get("concurrent")))
             or (kind == "ReindexStmt" and _reindex_concurrently(body)),
+            _concurrently(kind, body),
             raw["stmt"],
         )
         refusal = _unservable(statement)

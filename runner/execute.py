@@ -468,8 +468,13 @@ def _apply_autocommit(
                 line=statement.line,
             )
         guard = IndexGuard.before(conn, migration, statement) if statement.concurrent_index else None
+        unbounded = statement.concurrently and migration.directives.lock_timeout is None
+        if unbounded:  # its waits block no one; a lock_timeout would only throw the build away
+            conn.execute(set_statement("lock_timeout", "0", local=False))
         message = Message(statement.text, 0, (statement,), None, 1)
         _send(conn, migration, message, table, attempt, tick, tick_s)
+        if unbounded:
+            conn.execute(set_statement("lock_timeout", duration(timeouts.lock), local=False))
         if guard:
             built += guard.after(conn, migration)
     invalid = [name for name, valid in _indexes(conn, built) if not valid]
