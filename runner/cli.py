@@ -267,7 +267,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "migrate":
             from runner.migrate import Report  # noqa: PLC0415 - the orchestrator is loaded for migrate only
 
-            report = Report(on_lock_wait=observe.lock_wait_started, on_lock_acquired=observe.lock_acquired)
+            report = Report(
+                on_lock_wait=observe.lock_wait_started,
+                on_lock_acquired=observe.lock_acquired,
+                on_progress=observe.progress,
+            )
             configure_metrics(settings)
         run(settings, args, report)
     except Interrupted as exc:

@@ -26,6 +26,7 @@ from runner.migrate import History, Locked, Report, check_plan, connect, parse_a
 from runner.observe import bind, logger
 from runner.plan import AppliedRow, Plan, make_plan
 from runner.retry import Retry
+from runner.retry import sleep as retry_sleep
 
 TimeoutError_ = Callable[[str, float], Exception]
 
@@ -131,7 +132,7 @@ def wait(settings: Settings) -> None:
         if pause is None:
             raise timed_out(str(detail), settings.wait_timeout)
         log.info("schema_waiting", **detail)
-        time.sleep(pause)
+        retry_sleep(pause)
 
 
 @contextmanager

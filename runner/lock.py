@@ -32,6 +32,7 @@ import psycopg
 from runner.errors import ConfigError, LockTimeout
 from runner.observe import logger
 from runner.retry import Retry
+from runner.retry import sleep as retry_sleep
 
 HOLDER_LOG_INTERVAL = 5.0
 HOLDERS_SQL = """
@@ -119,7 +120,7 @@ def _acquire(
             log.info(
                 "lock_waiting", lock_key=key, waited_ms=round((now - started) * 1000), holders=holders(conn, lock_keys)
             )
-        time.sleep(pause)
+        retry_sleep(pause)
 
 
 @contextmanager

@@ -47,7 +47,8 @@ from runner.errors import (
 )
 from runner.observe import bind, logger
 from runner.plan import AppliedRow, Plan, make_plan
-from runner.retry import Retry
+from runner.retry import Retry, checkpoint
+from runner.retry import sleep as retry_sleep
 
 if TYPE_CHECKING:
     from runner import execute
@@ -74,6 +75,7 @@ class Report:
     lock_wait_s: float = 0.0
     on_lock_wait: Callable[[float], None] = lambda _started: None  # Unix time the wait started
     on_lock_acquired: Callable[[float], None] = lambda _waited: None  # seconds waited
+    on_progress: Callable[[float, float | None], None] = lambda _since, _ratio: None  # see observe.progress
 
 
 def connect(settings: Settings, deadline: float | None = None) -> Conn:
@@ -107,7 +109,7 @@ def connect(settings: Settings, deadline: float | None = None) -> Conn:
             if pause is None:
                 raise DatabaseUnavailable(f"cannot connect: {message}") from None
             logger().warning("connect_retry", error=message, retry_in_s=round(pause, 2))
-            time.sleep(pause)
+            retry_sleep(pause)
             continue
         try:
             conn.execute(SESSION_SETUP)
@@ -163,7 +165,7 @@ class History:
                         waited_ms=round(waited * 1000),
                         holders=holders,
                     )
-                    time.sleep(pause)
+                    retry_sleep(pause)
 
     def read(self, *, ensured: bool = False) -> list[AppliedRow]:
         return self.access("reading history", lambda: history.read(self.conn, self.table, ensured=ensured))
@@ -261,8 +263,15 @@ class Monitor:
     lock connection, which is idle meanwhile.
     """
 
-    def __init__(self, conn: Conn, pid: int, fields: dict[str, str], lock_timeout: float) -> None:
-        self.conn, self.pid, self.fields = conn, pid, fields
+    def __init__(
+        self,
+        conn: Conn,
+        pid: int,
+        fields: dict[str, str],
+        lock_timeout: float,
+        publish: Callable[[float, float | None], None],
+    ) -> None:
+        self.conn, self.pid, self.fields, self.publish = conn, pid, fields, publish
         self.every = 1.0 if observe.live() else PROGRESS_INTERVAL_S
         self.interval = max(0.2, min(self.every, lock_timeout / 3 if lock_timeout else self.every))
         self.blockers: list[dict[str, object]] = []
@@ -270,6 +279,7 @@ class Monitor:
         self.published = False
 
     def tick(self, attempt: execute.Attempt) -> None:
+        checkpoint()  # a fleet's stop request interrupts the migration here, in its own thread
         try:
             found = catalog.blockers(self.conn, self.pid)
             self.blockers = found or self.blockers
@@ -290,7 +300,7 @@ class Monitor:
                 **({"phase": f"{report.command}: {report.phase}", "percent": report.percent} if report else {}),
             )
             ratio = report.percent / 100 if report and report.percent is not None else None
-            observe.progress(time.time() - (now - attempt.started), ratio)
+            self.publish(time.time() - (now - attempt.started), ratio)
             self.published = True
         except psycopg.Error as exc:
             logger().debug("progress_unavailable", error=str(exc))
@@ -298,7 +308,7 @@ class Monitor:
     def close(self) -> None:
         """Publish that no migration runs any more, if progress was published."""
         if self.published:
-            observe.progress(0.0, None)
+            self.publish(0.0, None)
 
 
 def fail(
@@ -334,7 +344,7 @@ def committed(locked: Locked, migration: Migration, attempt: execute.Attempt) ->
         return False
 
 
-def apply_one(locked: Locked, migration: Migration, analysis: Analysis, settings: Settings) -> int:
+def apply_one(locked: Locked, migration: Migration, analysis: Analysis, settings: Settings, report: Report) -> int:
     """Apply ``migration`` with lock-timeout retries; returns its duration in ms."""
     log = logger()
     fields = {"migration": migration.name, "version": migration.label, "checksum": migration.checksum}
@@ -347,9 +357,8 @@ def apply_one(locked: Locked, migration: Migration, analysis: Analysis, settings
             + ("; a failure leaves earlier statements applied" if mixed else ""),
         )
     conn = locked.work()
-    monitor = Monitor(
-        locked.conn, conn.info.backend_pid, fields, migration.directives.lock_timeout or settings.ddl_lock_timeout
-    )
+    lock_timeout = migration.directives.lock_timeout or settings.ddl_lock_timeout
+    monitor = Monitor(locked.conn, conn.info.backend_pid, fields, lock_timeout, report.on_progress)
     retry = Retry(1.0, 30.0, (0.5, 1.0), attempts=settings.ddl_lock_retries)
     try:
         return _attempts(locked, migration, analysis, settings, conn, monitor, retry, fields)
@@ -391,7 +400,7 @@ def _attempts(
                     line=exc.line,
                 )
                 monitor.blockers = []
-                time.sleep(pause)
+                retry_sleep(pause)
                 continue
             message = f"{error_text(exc)} after {retry.attempt} retries"
             fail(locked, migration, fields, message, attempt.started, exc.sqlstate, exc.line)
@@ -439,7 +448,7 @@ def migrate(settings: Settings, report: Report) -> Report:
         )
         for migration in plan.pending:
             try:
-                duration_ms = apply_one(locked, migration, analyses[migration.name], settings)
+                duration_ms = apply_one(locked, migration, analyses[migration.name], settings, report)
             except MigrationFailed as exc:
                 exc.applied = tuple(m.name for m, _ in report.applied)
                 raise

@@ -222,20 +222,20 @@ class Delivery:
     metrics_file: str | None = None
 
 
-RUN = RunMetrics()
+RUN = RunMetrics()  # this process's run; a fleet has one ``RunMetrics`` per target
 DELIVERY = Delivery()
 
 
-def registry(only: frozenset[str] | None = None) -> Any:
+def registry(run: RunMetrics, only: frozenset[str] | None = None) -> Any:
     from prometheus_client import CollectorRegistry  # noqa: PLC0415
 
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(_Collector(RUN, only))
+    reg.register(_Collector(run, only))
     return reg
 
 
-def push(phase: str, only: frozenset[str] | None = None) -> None:
-    """Push-add the current metrics (or ``only`` those) to the Pushgateway; never raises."""
+def push(run: RunMetrics, phase: str, only: frozenset[str] | None = None) -> None:
+    """Push-add ``run``'s metrics (or ``only`` those) to its Pushgateway group; never raises."""
     if not DELIVERY.pushgateway_url:
         return
     from prometheus_client import pushadd_to_gateway  # noqa: PLC0415
@@ -243,9 +243,9 @@ def push(phase: str, only: frozenset[str] | None = None) -> None:
     try:
         pushadd_to_gateway(
             DELIVERY.pushgateway_url,
-            job=RUN.job,
-            grouping_key={"database": RUN.database},
-            registry=registry(only),
+            job=run.job,
+            grouping_key={"database": run.database},
+            registry=registry(run, only),
             timeout=DELIVERY.push_timeout_s,
         )
     except Exception as exc:  # noqa: BLE001 - a monitoring outage must never fail a migration
@@ -253,36 +253,57 @@ def push(phase: str, only: frozenset[str] | None = None) -> None:
 
 
 def serve() -> None:
-    """Serve ``/metrics`` for the rest of the process, if a port is configured."""
+    """Serve this process's ``/metrics`` (``RUN``) for the rest of the process, if a port is configured."""
     if DELIVERY.metrics_port is not None:
         from prometheus_client import start_http_server  # noqa: PLC0415
 
         try:
-            start_http_server(DELIVERY.metrics_port, registry=registry())
+            start_http_server(DELIVERY.metrics_port, registry=registry(RUN))
         except OSError as exc:
             logger().warning("metrics_serve_failed", port=DELIVERY.metrics_port, error=str(exc))
             return
         logger().info("metrics_serving", port=DELIVERY.metrics_port)
 
 
-def lock_wait_started(unix_time: float) -> None:
+def lock_wait_started(unix_time: float, run: RunMetrics = RUN) -> None:
     """Record that this runner started waiting for the lock, and push it at once."""
-    RUN.lock_wait_started = unix_time
-    push("lock_wait", LOCK_WAIT_FAMILIES)
+    run.lock_wait_started = unix_time
+    push(run, "lock_wait", LOCK_WAIT_FAMILIES)
 
 
-def lock_acquired(waited_s: float) -> None:
+def lock_acquired(waited_s: float, run: RunMetrics = RUN) -> None:
     """Record the wait; if a wait start was pushed, push that the wait is over."""
-    RUN.lock_wait_s = waited_s
-    if RUN.lock_wait_started:
-        RUN.lock_wait_started = 0.0
-        push("lock_acquired", LOCK_WAIT_FAMILIES | {"lock_wait_seconds"})
+    run.lock_wait_s = waited_s
+    if run.lock_wait_started:
+        run.lock_wait_started = 0.0
+        push(run, "lock_acquired", LOCK_WAIT_FAMILIES | {"lock_wait_seconds"})
 
 
-def progress(running_since: float, ratio: float | None) -> None:
+def progress(running_since: float, ratio: float | None, run: RunMetrics = RUN) -> None:
     """Record the migration in flight (0: none) and its progress; push them if a gateway is set."""
-    RUN.running_since, RUN.running_ratio = running_since, ratio
-    push("progress", PROGRESS_FAMILIES)
+    run.running_since, run.running_ratio = running_since, ratio
+    push(run, "progress", PROGRESS_FAMILIES)
+
+
+def outcome(
+    run: RunMetrics,
+    *,
+    exit_code: int,
+    run_duration_s: float,
+    applied: int,
+    pending: int | None,
+    lock_wait_s: float,
+    durations_s: dict[str, float],
+) -> None:
+    """Record a run's outcome and push it."""
+    run.finished_at = time.time()
+    run.succeeded = exit_code == 0
+    run.exit_code = exit_code
+    run.run_duration_s = run_duration_s
+    run.lock_wait_started = 0.0
+    run.running_since, run.running_ratio = 0.0, None
+    run.applied, run.pending, run.lock_wait_s, run.durations_s = applied, pending, lock_wait_s, durations_s
+    push(run, "finished")
 
 
 def finish(
@@ -294,20 +315,21 @@ def finish(
     lock_wait_s: float,
     durations_s: dict[str, float],
 ) -> None:
-    """Record the outcome and deliver it: push, textfile, then linger for scrapes."""
-    RUN.finished_at = time.time()
-    RUN.succeeded = exit_code == 0
-    RUN.exit_code = exit_code
-    RUN.run_duration_s = run_duration_s
-    RUN.lock_wait_started = 0.0
-    RUN.running_since, RUN.running_ratio = 0.0, None
-    RUN.applied, RUN.pending, RUN.lock_wait_s, RUN.durations_s = applied, pending, lock_wait_s, durations_s
-    push("finished")
+    """Deliver the process's own outcome: push (``outcome`` of ``RUN``), textfile, linger for scrapes."""
+    outcome(
+        RUN,
+        exit_code=exit_code,
+        run_duration_s=run_duration_s,
+        applied=applied,
+        pending=pending,
+        lock_wait_s=lock_wait_s,
+        durations_s=durations_s,
+    )
     if DELIVERY.metrics_file:
         from prometheus_client import write_to_textfile  # noqa: PLC0415
 
         try:
-            write_to_textfile(DELIVERY.metrics_file, registry())
+            write_to_textfile(DELIVERY.metrics_file, registry(RUN))
         except OSError as exc:
             logger().warning("metrics_file_failed", path=DELIVERY.metrics_file, error=str(exc))
     if DELIVERY.metrics_port is not None and DELIVERY.metrics_linger_s > 0:

@@ -1,15 +1,44 @@
 """The one retry policy: capped exponential backoff with jitter, bounded by attempts or a deadline.
 
-A leaf: imports nothing from ``runner``. Every retry loop of the runner (connecting, polling
-the advisory lock, a migration that hit ``lock_timeout``, ``wait``) asks ``next_pause`` and
-stops when it answers None, so every wait ends by its deadline and says how long it sleeps.
+Every retry loop of the runner (connecting, polling the advisory lock, a migration that hit
+``lock_timeout``, ``wait``) asks ``next_pause`` and stops when it answers None, so every wait
+ends by its deadline and says how long it sleeps; it sleeps with ``sleep``, which a stop
+request (``request_stop``, from another thread: a fleet's signal handler) ends at once by
+raising ``Interrupted`` in the sleeping thread. ``checkpoint`` does the same for loops that
+poll (the executor's tick). Imports only ``errors``.
 """
 
 from __future__ import annotations
 
 import random
+import threading
 import time
 from dataclasses import dataclass, field
+
+from runner.errors import ExitCode, Interrupted
+
+_STOP = threading.Event()
+_STOPPED: list[Interrupted] = []  # the stop's reason and exit code, once requested
+
+
+def request_stop(reason: str, exit_code: ExitCode) -> None:
+    """Ask every waiting thread of this process to stop (raise ``Interrupted``) as soon as it can."""
+    if not _STOP.is_set():
+        _STOPPED.append(Interrupted(reason, exit_code))
+        _STOP.set()
+
+
+def checkpoint() -> None:
+    """Raise ``Interrupted`` if a stop was requested."""
+    if _STOP.is_set():
+        first = _STOPPED[0]
+        raise Interrupted(first.reason, first.exit_code)
+
+
+def sleep(seconds: float) -> None:
+    """Sleep ``seconds``, unless a stop is requested meanwhile: then raise ``Interrupted`` at once."""
+    _STOP.wait(seconds)
+    checkpoint()
 
 
 @dataclass
