@@ -64,14 +64,17 @@ def venv(name: str, *packages: str) -> Path:
 
 
 def run(argv: list[str], env: dict[str, str], url: str = "") -> Sample:
-    started = time.perf_counter()
-    proc = subprocess.Popen(
-        argv, env={**env, "DATABASE_URL": url} if url else env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    """Run ``argv`` to its end; its logs (stderr) go to a file, so a long log never blocks it."""
+    with tempfile.TemporaryFile() as log:
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            argv, env={**env, "DATABASE_URL": url} if url else env, stdout=subprocess.DEVNULL, stderr=log
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        log.seek(0)
+        stderr = log.read().decode(errors="replace")
     if proc.returncode != 0:
         print(f"  ! {' '.join(argv[:3])} exited {proc.returncode}: {stderr[-300:]}", file=sys.stderr)
     return Sample(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss, proc.returncode == 0)
