@@ -15,11 +15,13 @@ Invariants:
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any, TextIO
 
 HIDDEN = {"timestamp", "level", "event", "run_id", "database", "runner_version"}
+QUIET = {"attempt": 1, "attempts": 1, "rows": 0, "blockers": [], "failed_before": [], "holders": []}  # said when not so
 RED, YELLOW, GREEN, DIM, BOLD, RESET = "\x1b[31m", "\x1b[33m", "\x1b[32m", "\x1b[2m", "\x1b[1m", "\x1b[0m"
 BAR_WIDTH = 20
 
@@ -74,10 +76,20 @@ PHRASES: dict[str, tuple[Callable[[Mapping[str, Any]], str], set[str]]] = {
         {"migration", "version", "checksum", "line"},
     ),
     "migration_progress": (
-        lambda e: f"running  {e.get('migration')}  {_ms(e, 'elapsed_ms')}  {_bar(e.get('percent'))}".rstrip(),
-        {"migration", "version", "checksum", "elapsed_ms", "percent"},
+        lambda e: " ".join(
+            part
+            for part in (
+                f"running  {e.get('migration')}  {_ms(e, 'elapsed_ms')}",
+                _bar(e.get("percent")),
+                e.get("phase"),
+            )
+            if part
+        ),
+        {"migration", "version", "checksum", "elapsed_ms", "percent", "phase"},
     ),
-    "lock_acquired": (lambda e: f"lock acquired after {_ms(e, 'lock_wait_ms')}", {"lock_wait_ms"}),
+    "lock_acquired": (lambda e: f"lock acquired after {_ms(e, 'lock_wait_ms')}", {"lock_wait_ms", "lock_key"}),
+    "lock_released": (lambda _e: "lock released", {"lock_key", "released"}),
+    "history_table_ready": (lambda e: f"history table {e.get('table')} ready", {"table"}),
     "run_finished": (
         lambda e: f"{e.get('command')} finished: exit {e.get('exit_code')} after {_ms(e, 'duration_ms')}",
         {"command", "exit_code", "duration_ms"},
@@ -103,7 +115,11 @@ class Renderer:
         head = phrase(event)
         if name == "migration_applied":
             head = self.paint(head, GREEN)
-        fields = {k: v for k, v in event.items() if k not in HIDDEN | used and v is not None and k != "error"}
+        fields = {
+            k: v
+            for k, v in event.items()
+            if k not in HIDDEN | used and v is not None and k != "error" and not (k in QUIET and QUIET[k] == v)
+        }
         if isinstance(fields.get("checksum"), str):
             fields["checksum"] = fields["checksum"][:12]
         when = str(event.get("timestamp", ""))[11:19]
@@ -123,13 +139,14 @@ class Writer:
     def __init__(self, stream: TextIO, *, live: bool) -> None:
         self.stream, self.live = stream, live
         self.showing = False
+        self.width = shutil.get_terminal_size((100, 24)).columns - 1  # a live line must not wrap
 
     def msg(self, line: Line | str) -> None:
         if not isinstance(line, Line):
             line = Line(str(line))
         clear = "\r\x1b[K" if self.showing else ""
         if line.transient and self.live:
-            self.stream.write(f"{clear}{line.text.splitlines()[0]}")
+            self.stream.write(f"{clear}{_clip(line.text.splitlines()[0], self.width)}")
             self.showing = True
         else:
             self.stream.write(f"{clear}{line.text}\n")
@@ -137,6 +154,21 @@ class Writer:
         self.stream.flush()
 
     debug = info = warning = error = critical = msg
+
+
+def _clip(text: str, width: int) -> str:
+    """``text`` cut to ``width`` visible characters (ANSI colour codes take no room)."""
+    shown, out, index = 0, [], 0
+    while index < len(text) and shown < width:
+        if text.startswith("\x1b[", index):
+            end = text.index("m", index) + 1
+            out.append(text[index:end])
+            index = end
+            continue
+        out.append(text[index])
+        shown += 1
+        index += 1
+    return "".join(out) + (RESET if "\x1b[" in text else "")
 
 
 class WriterFactory:
