@@ -1,8 +1,10 @@
 """The one orchestrator: discover -> connect -> lock -> history -> plan -> execute; fills a typed ``Report``.
 
 ``migrate`` steps, each an invariant:
-1. Discover, checksum and parse every file; any file problem stops the run (exit 3) before
-   connecting.
+1. Discover and checksum every file; a problem with names, numbering or encoding stops the
+   run (exit 3) before connecting. Files are parsed no later than the run's first wait
+   (``Parsed``): a syntax error is exit 3 before any connection retry or lock wait, and
+   before anything is applied.
 2. Connect (retrying until ``--connect-timeout``) a dedicated lock connection, resolve the
    history table on it (``history.resolve``), and take the session advisory locks of that
    table (``lock.keys``), waiting at most ``--lock-wait-timeout``; then wait until every
@@ -78,12 +80,15 @@ class Report:
     on_progress: Callable[[float, float | None], None] = lambda _since, _ratio: None  # see observe.progress
 
 
-def connect(settings: Settings, deadline: float | None = None) -> Conn:
+def connect(
+    settings: Settings, deadline: float | None = None, before_waiting: Callable[[], None] = lambda: None
+) -> Conn:
     """An autocommit connection, retried with backoff until ``deadline`` (or ``--connect-timeout``).
 
     Every connection failure is retried: libpq reports start-up errors without a SQLSTATE,
     so "starting up" cannot be told from "wrong password" without reading message text.
     Each attempt's own timeout is what is left of the deadline (libpq's minimum is 2 s).
+    ``before_waiting`` runs once, when the first attempt failed, before any wait.
     """
     retry = Retry(0.25, 5.0, deadline=deadline or time.monotonic() + settings.connect_timeout)
     while True:
@@ -105,6 +110,8 @@ def connect(settings: Settings, deadline: float | None = None) -> Conn:
             raise ConfigError(f"invalid database URL: {redact(str(exc), settings.secrets)}") from None
         except psycopg.OperationalError as exc:
             message = redact(str(exc).strip(), settings.secrets)
+            if retry.attempt == 0:
+                before_waiting()
             pause = retry.next_pause()
             if pause is None:
                 raise DatabaseUnavailable(f"cannot connect: {message}") from None
@@ -177,9 +184,17 @@ class Locked:
     The work connection is opened and fenced only when something is to be applied.
     """
 
-    def __init__(self, settings: Settings, stack: ExitStack, deadline: float, report: Report) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        stack: ExitStack,
+        deadline: float,
+        report: Report,
+        before_waiting: Callable[[], None] = lambda: None,
+    ) -> None:
         self.settings, self.stack, self.deadline = settings, stack, deadline
-        self.conn = stack.enter_context(connect(settings, min(deadline, time.monotonic() + settings.connect_timeout)))
+        connect_by = min(deadline, time.monotonic() + settings.connect_timeout)
+        self.conn = stack.enter_context(connect(settings, connect_by, before_waiting))
         bind(database=self.conn.info.dbname)
         self.history = History(self.conn, settings, deadline, LockTimeout)
         table = self.history.table
@@ -187,8 +202,13 @@ class Locked:
         self.fences = tuple(map(lock.fence_key, self.keys))
         with database_errors("advisory lock", settings):
             try:
+
+                def waiting(started: float) -> None:
+                    before_waiting()
+                    report.on_lock_wait(started)
+
                 report.lock_wait_s = stack.enter_context(
-                    lock.advisory_lock(self.conn, self.keys, settings.lock_wait_timeout, report.on_lock_wait)
+                    lock.advisory_lock(self.conn, self.keys, settings.lock_wait_timeout, waiting)
                 )
             except LockTimeout as exc:
                 report.lock_wait_s = exc.waited_s
@@ -228,7 +248,7 @@ def check_plan(plan: Plan, settings: Settings) -> None:
 
 
 def parse_all(migrations: list[Migration]) -> dict[str, Analysis]:
-    """Every file parsed: a syntax error anywhere is exit 3 before anything connects."""
+    """``migrations`` parsed; every syntax (or other file) problem among them is one ``ValidationError``."""
     analyses: dict[str, Analysis] = {}
     problems: list[Problem] = []
     for migration in migrations:
@@ -239,6 +259,31 @@ def parse_all(migrations: list[Migration]) -> dict[str, Analysis]:
     if problems:
         raise ValidationError(problems)
     return analyses
+
+
+class Parsed:
+    """The files' parses, each made once, and never later than the run's first wait.
+
+    A run that connects at once and gets the lock at once (every pod start) parses only its
+    pending files: importing PostgreSQL's parser and parsing every file would double the
+    time of a run with nothing to do. Any run that has to wait (the database refuses the
+    first connection, the lock is held) parses every file first, so a syntax error anywhere
+    is exit 3 at once, with the database down too; and nothing is applied before every
+    pending file has parsed.
+    """
+
+    def __init__(self, migrations: list[Migration]) -> None:
+        self.migrations = migrations
+        self.analyses: dict[str, Analysis] = {}
+
+    def everything(self) -> None:
+        if len(self.analyses) < len(self.migrations):
+            self.analyses = parse_all(self.migrations)
+
+    def of(self, wanted: tuple[Migration, ...]) -> dict[str, Analysis]:
+        missing = [m for m in wanted if m.name not in self.analyses]
+        self.analyses |= parse_all(missing)
+        return self.analyses
 
 
 def execution_session(settings: Settings) -> execute.Session:
@@ -432,12 +477,13 @@ class AppliedThenInterrupted(Exception):
 def migrate(settings: Settings, report: Report) -> Report:
     """Apply pending migrations; see the module docstring. ``report`` is filled in as it goes."""
     migrations = discover(settings.migrations_dir)
-    analyses = parse_all(migrations)
+    parsed = Parsed(migrations)
     deadline = time.monotonic() + settings.lock_wait_timeout
     with ExitStack() as stack:
-        locked = Locked(settings, stack, deadline, report)
+        locked = Locked(settings, stack, deadline, report, parsed.everything)
         plan = make_plan(migrations, locked.history.read(ensured=True), settings.target)
         check_plan(plan, settings)
+        analyses = parsed.of(plan.pending)
         adopt(locked, plan)
         report.pending = len(plan.pending)
         logger().info(

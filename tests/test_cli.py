@@ -157,12 +157,25 @@ def test_a_url_libpq_cannot_use_is_exit_2_at_once(db: Database, url: str) -> Non
 
 
 def test_a_syntax_error_is_exit_3_even_with_the_database_down(db: Database) -> None:
-    """Every file is parsed before connecting: a syntax error in a pending file is exit 3, not 5."""
+    """Every file is parsed before the first connection retry: a syntax error is exit 3, not 5, at once."""
     db.write("001_a.sql", CREATE_A)
     db.write("002_b.sql", "CREATE TABLE oops (;\n")
     down = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
     started = time.monotonic()
     result = db.run("migrate", env=db.env(DATABASE_URL=down, RUNNER_CONNECT_TIMEOUT="30s"))
+    assert result.code == 3
+    assert time.monotonic() - started < 10
+    assert "002_b.sql:1: syntax error" in result.one("run_failed")["error"]
+
+
+def test_a_syntax_error_is_exit_3_before_waiting_for_a_held_lock(db: Database) -> None:
+    """With the lock held elsewhere, a syntax error in any file ends the run at once (exit 3), not at the timeout."""
+    db.write("001_a.sql", CREATE_A)
+    db.write("002_b.sql", "CREATE TABLE oops (;\n")
+    with db.connect() as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", [_public_key(db)])
+        started = time.monotonic()
+        result = db.run("migrate", "--lock-wait-timeout", "60s")
     assert result.code == 3
     assert time.monotonic() - started < 10
     assert "002_b.sql:1: syntax error" in result.one("run_failed")["error"]
