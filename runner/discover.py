@@ -299,10 +299,21 @@ def _unservable(statement: Statement) -> tuple[str, str] | None:
 
 
 def analyse(migration: Migration) -> Analysis:
-    """Parse one migration; raises ``ValidationError`` naming file and line on any problem.
+    """Parse one migration; raises ``ValidationError`` naming file and line on any problem."""
+    statements, problems = parse(migration)
+    if problems:
+        raise ValidationError(problems)
+    transactional = not migration.directives.no_transaction and all(s.transactional for s in statements)
+    return Analysis(statements, transactional)
 
-    The parse tree comes as JSON built in C (several times faster than pglast's Python
-    objects); its statement locations are byte offsets into the UTF-8 text.
+
+def parse(migration: Migration) -> tuple[tuple[Statement, ...], list[Problem]]:
+    """The statements the runner can serve, and a problem for each one it cannot.
+
+    ``analyse`` without raising: ``lint`` goes on with the statements. The parse tree comes as
+    JSON built in C (several times faster than pglast's Python objects); its statement
+    locations are byte offsets into the UTF-8 text. A syntax error stops the parser: then
+    there are no statements and one problem.
     """
     from pglast.parser import ParseError, parse_sql_json  # noqa: PLC0415 - loaded only to parse
 
@@ -315,7 +326,7 @@ def analyse(migration: Migration) -> Analysis:
         kind = "syntax"
         if sql.splitlines()[line - 1].lstrip().startswith("\\"):
             kind, message = "psql-meta", "psql meta-command: the runner sends SQL only (no \\i, \\set, \\c ...)"
-        raise ValidationError([Problem(kind, message, name, line)]) from None
+        return (), [Problem(kind, message, name, line)]
     encoded = sql.encode()
     statements: list[Statement] = []
     problems: list[Problem] = []
@@ -344,7 +355,4 @@ def analyse(migration: Migration) -> Analysis:
         statements.append(statement)
     if not statements and not problems:
         problems.append(Problem("empty", "has no SQL statement (only comments)", name))
-    if problems:
-        raise ValidationError(problems)
-    transactional = not migration.directives.no_transaction and all(s.transactional for s in statements)
-    return Analysis(tuple(statements), transactional)
+    return tuple(statements), problems
