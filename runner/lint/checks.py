@@ -87,6 +87,7 @@ DROPPED_KINDS = {
     "OBJECT_DOMAIN": ("type", "drop-object", "DOMAIN"),
     "OBJECT_SEQUENCE": ("sequence", "drop-object", "SEQUENCE"),
 }
+HOLDS_DATA = {"table", "sequence", "schema"}  # dropping and creating again loses rows or values
 RENAMED_KINDS = {
     "OBJECT_INDEX": "index",
     "OBJECT_SEQUENCE": "sequence",
@@ -231,12 +232,17 @@ class FileChecks:
     raw: list[Raw] = field(default_factory=list)
     defined: set[tuple[str, ...]] = field(default_factory=set)
     not_valid: dict[str, set[str]] = field(default_factory=dict)  # transaction owner -> constraint names
+    earlier: set[tuple[str, ...]] = field(default_factory=set)  # what the statements so far created
     utc: bool = False
 
     def __post_init__(self) -> None:
         for item in self.items:
             if item.scope != "function":
                 self.defined |= set(definitions(item.node))
+
+    def new_index(self, index: str, item: Item) -> bool:
+        """An index this file builds on a table it creates (dropping it locks no live table)."""
+        return any(d[:2] == ("index", index) and self.new_table(d[2], item) for d in self.defined if len(d) == 3)
 
     def new_table(self, table: str | None, item: Item) -> bool:
         if table is None:
@@ -252,6 +258,8 @@ class FileChecks:
                     function_tables.add(("table", table, item.owner))
         self.defined |= function_tables
         for item in self.items:
+            if item.scope != "function":
+                self.earlier |= set(definitions(item.node))
             for raw in self.statement(item):
                 rule = RULES[raw.rule]
                 if item.scope not in rule.scopes or (item.guarded and raw.rule in IDEMPOTENCY):
@@ -510,7 +518,8 @@ class FileChecks:
             old = self.old_name(fields, rename_type)
             category = RENAMED_KINDS[rename_type]
             key = ("constraint", table or "", old) if category == "constraint" else (category, old)
-            if key not in self.defined and not (category in {"constraint", "trigger"} and self.new_table(table, item)):
+            made = key in self.defined or (category == "index" and any(d[:2] == key for d in self.defined))
+            if not made and not (category in {"constraint", "trigger"} and self.new_table(table, item)):
                 shown = rename_type.removeprefix("OBJECT_").replace("TABCONSTRAINT", "CONSTRAINT")
                 yield self.report(item, "rename-object", f"RENAME {shown} {old} to {fields.get('newname')}")
 
@@ -537,7 +546,7 @@ class FileChecks:
                     item, "non-transactional-in-plpgsql", "DROP INDEX CONCURRENTLY cannot run in a transaction"
                 )
             elif not fields.get("concurrent"):
-                names = [n for n in map(object_name, fields.get("objects", ())) if ("index", n) not in self.defined]
+                names = [n for n in map(object_name, fields.get("objects", ())) if not self.new_index(n, item)]
                 if names:
                     yield self.report(
                         item,
@@ -550,8 +559,8 @@ class FileChecks:
         category, rule, shown = DROPPED_KINDS[remove]
         for target in fields.get("objects", ()):
             key = drop_key(category, target)
-            if key in self.defined:
-                continue  # created again in this file: a replace, not a removal
+            if key in (self.earlier if category in HOLDS_DATA else self.defined):
+                continue  # a helper this file made, or a definition it creates again (a replace)
             if category == "table":
                 self.columns.pop(key[1], None)
             yield self.report(item, rule, f"DROP {shown} {key[1]}")
@@ -655,7 +664,7 @@ def definitions(node: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
             if conname:
                 yield ("constraint", table, conname)
     elif name == "IndexStmt" and fields.get("idxname"):
-        yield ("index", fields["idxname"])
+        yield ("index", fields["idxname"], relname(fields) or "")
     elif name == "ViewStmt":
         yield ("view", relname(fields, "view") or "")
     elif name == "CreateSeqStmt":

@@ -241,9 +241,12 @@ def header(migration: Migration) -> list[checks.Raw]:
 def waivers(migration: Migration) -> tuple[list[checks.Raw], set[str], dict[int, set[str]]]:
     """(problems, rules waived for the file, rules waived per statement line)."""
     problems: list[checks.Raw] = []
+    file_waived: set[str] = set()
+    by_line: dict[int, set[str]] = {}
+    if "runner:" not in migration.sql:
+        return problems, file_waived, by_line
     lines = migration.sql.split("\n")
     block = {number for number, _ in leading_block(migration.sql)}
-    file_waived: set[str] = set()
     for rule, _reason in migration.directives.allow:
         rules = known(rule)
         if rules is None:
@@ -255,9 +258,6 @@ def waivers(migration: Migration) -> tuple[list[checks.Raw], set[str], dict[int,
             )
         else:
             file_waived |= rules
-    by_line: dict[int, set[str]] = {}
-    if "runner:" not in migration.sql:
-        return problems, file_waived, by_line
     for number, text in enumerate(lines, 1):
         match = DIRECTIVE.match(text.strip())
         if number in block or not match:

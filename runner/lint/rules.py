@@ -293,7 +293,7 @@ CATALOGUE = (
         "drop-table",
         "error",
         "breaking",
-        "`DROP TABLE` of a table the file does not create again",
+        "`DROP TABLE` of a table the file did not create before (dropping and creating it again loses its rows)",
         "breaks the running release: stop using the table in one release, drop it in a later one "
         '(allow=drop-table reason="phase 2 of ...")',
         "DROP TABLE IF EXISTS sessions;",
@@ -303,7 +303,7 @@ CATALOGUE = (
         "drop-schema",
         "error",
         "breaking",
-        "`DROP SCHEMA` of a schema the file does not create again",
+        "`DROP SCHEMA` of a schema the file did not create before",
         "breaks the running release: move what is still used out first, drop in a later release",
         "DROP SCHEMA IF EXISTS reporting;",
         ("ban-drop-schema",),
@@ -312,8 +312,8 @@ CATALOGUE = (
         "drop-object",
         "warning",
         "breaking",
-        "`DROP VIEW/MATERIALIZED VIEW/FUNCTION/PROCEDURE/TYPE/DOMAIN/SEQUENCE` of an object the "
-        "file does not create again (same name, same argument types)",
+        "`DROP VIEW/MATERIALIZED VIEW/FUNCTION/PROCEDURE/TYPE/DOMAIN` of an object the file does "
+        "not create again (same name, same argument types), or `DROP SEQUENCE` of one it did not create before",
         "callers in the running release break: drop it in the release after the last caller is gone",
         "DROP VIEW IF EXISTS active_users;",
         ("ban-drop-view", "ban-drop-function", "ban-drop-type", "ban-drop-sequence", "ban-drop-domain"),
