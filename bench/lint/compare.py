@@ -47,12 +47,18 @@ EXTRA = {
     "require-concurrent-index-creation": {"non-transactional-in-plpgsql"},
     "require-concurrent-index-deletion": {"non-transactional-in-plpgsql"},
 }
-# Where one rule of ours covers several of squawk's, the message says which object it is.
+# Where one rule of ours covers several of squawk's, the message says which case it is.
 KIND = {
     "ban-drop-view": ("DROP VIEW", "DROP MATERIALIZED VIEW"),
     "ban-drop-function": ("DROP FUNCTION", "DROP PROCEDURE"),
     "ban-drop-type": ("DROP TYPE", "DROP DOMAIN"),
     "ban-drop-sequence": ("DROP SEQUENCE",),
+    "adding-foreign-key-constraint": ("FOREIGN", "REFERENCES"),
+    "adding-serial-primary-key-field": ("PRIMARY KEY",),
+    "disallowed-unique-constraint": ("UNIQUE",),
+    "prefer-bigint-over-int": ("is integer", "is serial"),
+    "prefer-bigint-over-smallint": ("is smallint", "is smallserial"),
+    "transaction-nesting": ("transaction control",),
 }
 # Families the issue asks about: live risks, breaking changes, advice.
 LISTED = (
@@ -111,11 +117,14 @@ NAMED = re.compile(
 )
 
 
+CONSTRAINT = re.compile(r"drop\s+constraint\s+(?:if\s+exists\s+)?\"?(\w+)", re.IGNORECASE)
+
+
 def created_in_file(path: Path, line: int) -> bool:
     """Whether the object the statement at ``line`` names is created somewhere in the same file."""
     text = path.read_text()
-    statement = "\n".join(text.split("\n")[line - 1 : line + 3])
-    match = NAMED.search(statement)
+    statement = "\n".join(text.split("\n")[line - 1 : line + 3]).split(";")[0]
+    match = CONSTRAINT.search(statement) or NAMED.search(statement)
     if not match:
         return False
     name = re.escape(match.group(1))
@@ -192,7 +201,7 @@ def main() -> None:
         mine = {
             where
             for ours_rule, message, where in flagged_by_us
-            if ours_rule in ours(rule) and message.startswith(KIND.get(rule, ("",)))
+            if ours_rule in ours(rule) and any(case in message for case in KIND.get(rule, ("",)))
         }
         both, only_them, only_us = theirs & mine, theirs - mine, mine - theirs
         coverage = f"{100 * len(both) / len(theirs):.0f} %" if theirs else "-"
@@ -231,16 +240,20 @@ def write(
     lines = [
         f"# lint vs squawk on {len(corpus)} files of {len(projects)} projects ({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}Z)",
         "",
-        (f"Command: `flock /tmp/bench.lock {Path(sys.executable).name} -m bench.lint.compare --reps "
-        f"{len(walls['ours'])}` (machine: {os.cpu_count()} cores, shared)."),
+        (
+            f"Command: `flock /tmp/bench.lock {Path(sys.executable).name} -m bench.lint.compare --reps "
+            f"{len(walls['ours'])}` (machine: {os.cpu_count()} cores, shared)."
+        ),
         "",
         "## Timing (wall, median)",
         "",
         "| | squawk | ours | ratio |",
         "|---|---|---|---|",
         f"| corpus, one process | {median['squawk']:.3f} s | {median['ours']:.3f} s | {median['ours'] / median['squawk']:.2f}x |",
-        (f"| one file ({SINGLE.name}) | {one['squawk'] * 1000:.0f} ms | {one['ours'] * 1000:.0f} ms | "
-        f"{one['ours'] / one['squawk']:.1f}x |"),
+        (
+            f"| one file ({SINGLE.name}) | {one['squawk'] * 1000:.0f} ms | {one['ours'] * 1000:.0f} ms | "
+            f"{one['ours'] / one['squawk']:.1f}x |"
+        ),
         "",
         "All corpus runs (s): squawk "
         + ", ".join(f"{w:.3f}" for w in walls["squawk"])

@@ -83,6 +83,8 @@ DROPPED_KINDS = {
     "OBJECT_MATVIEW": ("view", "drop-object", "MATERIALIZED VIEW"),
     "OBJECT_FUNCTION": ("function", "drop-object", "FUNCTION"),
     "OBJECT_PROCEDURE": ("function", "drop-object", "PROCEDURE"),
+    "OBJECT_AGGREGATE": ("aggregate", "drop-object", "AGGREGATE"),
+    "OBJECT_OPERATOR": ("operator", "drop-object", "OPERATOR"),
     "OBJECT_TYPE": ("type", "drop-object", "TYPE"),
     "OBJECT_DOMAIN": ("type", "drop-object", "DOMAIN"),
     "OBJECT_SEQUENCE": ("sequence", "drop-object", "SEQUENCE"),
@@ -233,12 +235,13 @@ class FileChecks:
     defined: set[tuple[str, ...]] = field(default_factory=set)
     not_valid: dict[str, set[str]] = field(default_factory=dict)  # transaction owner -> constraint names
     earlier: set[tuple[str, ...]] = field(default_factory=set)  # what the statements so far created
+    made: list[list[tuple[str, ...]]] = field(default_factory=list)  # what each item creates
     utc: bool = False
 
     def __post_init__(self) -> None:
-        for item in self.items:
-            if item.scope != "function":
-                self.defined |= set(definitions(item.node))
+        self.made = [list(definitions(item.node)) if item.scope != "function" else [] for item in self.items]
+        for made in self.made:
+            self.defined.update(made)
 
     def new_index(self, index: str, item: Item) -> bool:
         """An index this file builds on a table it creates (dropping it locks no live table)."""
@@ -257,9 +260,8 @@ class FileChecks:
                 if table:
                     function_tables.add(("table", table, item.owner))
         self.defined |= function_tables
-        for item in self.items:
-            if item.scope != "function":
-                self.earlier |= set(definitions(item.node))
+        for item, made in zip(self.items, self.made, strict=True):
+            self.earlier.update(made)
             for raw in self.statement(item):
                 rule = RULES[raw.rule]
                 if item.scope not in rule.scopes or (item.guarded and raw.rule in IDEMPOTENCY):
@@ -684,6 +686,11 @@ def definitions(node: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
         yield ("type", last_name(fields.get("typeName", ())))
     elif name == "CompositeTypeStmt":
         yield ("type", relname(fields, "typevar") or "")
+    elif name == "DefineStmt" and fields.get("kind") in {"OBJECT_OPERATOR", "OBJECT_AGGREGATE"}:
+        yield (
+            "operator" if fields["kind"] == "OBJECT_OPERATOR" else "aggregate",
+            last_name(fields.get("defnames", ())),
+        )
     elif name == "CreateDomainStmt":
         yield ("type", last_name(fields.get("domainname", ())))
     elif name == "AlterTableStmt":

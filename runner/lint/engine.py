@@ -21,9 +21,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner.discover import DIRECTIVE, MIGRATION_NAME, Migration, Statement, leading_block, parse, read_migration
+from runner.discover import DIRECTIVE, MIGRATION_NAME, Migration, leading_block
 from runner.errors import Problem
-from runner.lint import checks, plpgsql
+from runner.lint import checks, plpgsql, source
 from runner.lint.rules import RULES, resolve
 
 HEADER_FIELDS = ("Migration", "Author", "Date", "Description")
@@ -81,7 +81,7 @@ class Finding:
 
 @dataclass
 class Linter:
-    """Lints files one by one; column types carry over between files of one directory."""
+    """Lints files one by one; column types carry over between NNN_name.sql files of one directory."""
 
     severities: dict[str, str]
     columns: dict[Path, checks.Columns] = field(default_factory=dict)
@@ -91,7 +91,7 @@ class Linter:
         """Every finding for the file at ``path``, shown as ``shown`` (default: the path as given)."""
         name = shown or str(path)
         match = MIGRATION_NAME.match(path.name)
-        migration, problems = read_migration(path.parent, path, int(match.group(1)) if match else 0)
+        migration, problems = source.read(path, int(match.group(1)) if match else 0)
         raw = [structure(problem) for problem in problems]
         if migration is not None:
             raw += self.migration(migration, path, project=match is not None)
@@ -100,14 +100,16 @@ class Linter:
         return found
 
     def migration(self, migration: Migration, path: Path, *, project: bool) -> list[checks.Raw]:
-        statements, problems = parse(migration)
+        units, problems = source.units(migration)
         raw = [structure(problem) for problem in problems]
         if project:
             raw += header(migration)
-        items, body_problems = expand(migration, statements)
+        items, body_problems = expand(units)
         raw += body_problems
-        transactional = not migration.directives.no_transaction and all(s.transactional for s in statements)
-        columns = self.columns.setdefault(path.parent, {})
+        transactional = not migration.directives.no_transaction and all(u.statement.transactional for u in units)
+        # Column types carry over only along the runner's own linear sequence (NNN_name.sql);
+        # other layouts may be upgrade graphs (a.sql and b.sql both from version 1).
+        columns = self.columns.setdefault(path.parent, {}) if project else {}
         raw += checks.FileChecks(transactional, columns, items).run()
         return raw
 
@@ -133,22 +135,20 @@ def structure(problem: Problem) -> checks.Raw:
     return checks.Raw("structure", problem.line or 1, problem.message, STRUCTURE_HINTS.get(problem.kind, ""))
 
 
-def expand(migration: Migration, statements: Iterable[Statement]) -> tuple[list[checks.Item], list[checks.Raw]]:
+def expand(units: Iterable[source.Unit]) -> tuple[list[checks.Item], list[checks.Raw]]:
     """The file's statements in order, each DO block and PL/pgSQL body followed by its own."""
     items: list[checks.Item] = []
     problems: list[checks.Raw] = []
-    encoded: bytes | None = None
-    for statement in statements:
+    for unit in units:
+        statement = unit.statement
         line = statement.file_line + lead_lines(statement.text)
-        items.append(checks.Item(statement.node, line, "top", text=statement.text))
-        where = body_of(statement)
+        header = statement.text[: unit.body[0]] if unit.body else statement.text  # names live before the body
+        items.append(checks.Item(statement.node, line, "top", text=header))
+        where = body_of(unit)
         if where is None:
             continue
-        scope, owner, location = where
-        if encoded is None:
-            encoded = migration.sql.encode()
-        first_line = encoded.count(b"\n", 0, location) + 1 if location >= 0 else statement.line
-        owner = owner or f"DO block at line {statement.line}"
+        scope, owner = where
+        first_line = statement.file_line + statement.text.count("\n", 0, unit.body[0]) if unit.body else line
         try:
             embedded = plpgsql.statements(statement.text, first_line)
         except plpgsql.BodyError as exc:
@@ -156,14 +156,12 @@ def expand(migration: Migration, statements: Iterable[Statement]) -> tuple[list[
             # (record fields, %TYPE of schema-qualified names) need the catalog. Then the body is
             # not inspected.
             if str(exc.args[0]).startswith("syntax error"):
-                line = statement.file_line + lead_lines(statement.text)
-                problems.append(
-                    checks.Raw(
-                        "structure", line, f"PL/pgSQL body does not parse: {exc.args[0]}", STRUCTURE_HINTS["plpgsql"]
-                    )
-                )
+                message = f"PL/pgSQL body does not parse: {exc.args[0]}"
+                problems.append(checks.Raw("structure", line, message, STRUCTURE_HINTS["plpgsql"]))
             continue
-        items += [checks.Item(e.node, e.line, scope, e.guarded, owner, e.text) for e in embedded]
+        items += [
+            checks.Item(e.node, e.line, scope, e.guarded, owner or f"DO block at line {line}", e.text) for e in embedded
+        ]
     return items, problems
 
 
@@ -192,12 +190,14 @@ def starts_statement(code: str, keywords: tuple[str, ...]) -> bool:
     return False
 
 
-def body_of(statement: Statement) -> tuple[str, str, int] | None:
-    """(scope, owner, byte offset of the body) of a PL/pgSQL DO block or function, else None.
+def body_of(unit: source.Unit) -> tuple[str, str] | None:
+    """(scope, owner) of a PL/pgSQL DO block or function, else None.
 
-    None also for a function body that holds no statement some rule looks at (a keyword test:
-    most hold none); DO blocks run with the file and are always parsed.
+    None also for a function body without a DDL keyword opening a statement (a keyword test:
+    most hold none; an EXECUTE of a constant string is read only in bodies that pass it); DO
+    blocks run with the file and are always parsed.
     """
+    statement = unit.statement
     kind = statement.kind
     fields = statement.node[kind]
     if kind == "DoStmt":
@@ -209,23 +209,18 @@ def body_of(statement: Statement) -> tuple[str, str, int] | None:
         scope, owner = "function", f"{'procedure' if fields.get('is_procedure') else 'function'} {function}"
     else:
         return None
-    language, location, text = "plpgsql", -1, ""
+    language = "plpgsql"
     for option in options:
         element = option.get("DefElem", {})
         if element.get("defname") == "language":
             language = str(element.get("arg", {}).get("String", {}).get("sval", "")).lower()
-        elif element.get("defname") == "as":
-            location = int(element.get("arg_location", -1))
-            argument = element.get("arg", {})
-            strings = argument.get("List", {}).get("items", [argument])
-            text = " ".join(str(s.get("String", {}).get("sval", "")) for s in strings)
     if language != "plpgsql":
         return None
     if scope == "function":
-        code = text.lower()
-        if not starts_statement(code, FUNCTION_KEYWORDS) and "execute '" not in code and "execute $" not in code:
+        code = statement.text[unit.body[0] : unit.body[1]].lower() if unit.body else statement.text.lower()
+        if not starts_statement(code, FUNCTION_KEYWORDS):
             return None
-    return scope, owner, location
+    return scope, owner
 
 
 def header(migration: Migration) -> list[checks.Raw]:

@@ -312,7 +312,7 @@ CATALOGUE = (
         "drop-object",
         "warning",
         "breaking",
-        "`DROP VIEW/MATERIALIZED VIEW/FUNCTION/PROCEDURE/TYPE/DOMAIN` of an object the file does "
+        "`DROP VIEW/MATERIALIZED VIEW/FUNCTION/PROCEDURE/AGGREGATE/OPERATOR/TYPE/DOMAIN` of an object the file does "
         "not create again (same name, same argument types), or `DROP SEQUENCE` of one it did not create before",
         "callers in the running release break: drop it in the release after the last caller is gone",
         "DROP VIEW IF EXISTS active_users;",
