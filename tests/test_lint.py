@@ -454,11 +454,12 @@ def test_cli_exit_codes_formats_and_configuration(tmp_path: Path) -> None:
 
 
 def test_lint_imports_no_database_driver() -> None:
-    """The lint path loads neither psycopg nor the executor."""
+    """The lint path loads neither psycopg nor the executor, nor pglast's Python AST classes."""
     code = (
         "import sys, runner.cli as c\n"
         "try:\n    c.main(['lint', '--migrations-dir', 'migrations'])\nexcept SystemExit:\n    pass\n"
-        "print(sorted(m for m in sys.modules if m.startswith(('psycopg', 'runner.execute', 'runner.migrate'))))"
+        "print(sorted(m for m in sys.modules if m.startswith(('psycopg', 'runner.execute', 'runner.migrate', "
+        "'pglast.ast', 'pglast.enums'))))"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stderr

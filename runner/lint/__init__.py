@@ -16,7 +16,7 @@ from pathlib import Path
 from runner.config import Settings
 from runner.discover import MIGRATION_NAME
 from runner.errors import ConfigError, Problem, ValidationError
-from runner.lint import configuration
+from runner.lint import configuration, cparser
 from runner.lint.engine import Finding, Linter, structure
 from runner.lint.report import FORMATS, render
 from runner.lint.rules import RULES
@@ -55,6 +55,7 @@ def lint_paths(paths: list[Path], severities: dict[str, str] | None = None) -> l
 
 def command(settings: Settings, args: argparse.Namespace) -> None:
     """``lint``: print the report to stdout; ``ValidationError`` (exit 3) on an error finding."""
+    cparser.load()
     source = args.config or configuration.find(Path.cwd())
     table = configuration.read(source) if source else {}
     severities = configuration.severities(
