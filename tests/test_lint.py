@@ -463,3 +463,18 @@ def test_lint_imports_no_database_driver() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stderr
+
+
+def test_large_runs_split_by_directory_give_the_same_findings(tmp_path: Path) -> None:
+    """Two forked workers (from PARALLEL_FROM files on) report exactly what one process reports, in order."""
+    from runner.lint import PARALLEL_FROM, lint_all, lint_group
+
+    files = []
+    for index in range(PARALLEL_FROM + 10):
+        directory = tmp_path / f"d{index % 3}"
+        directory.mkdir(exist_ok=True)
+        path = directory / f"{index:03d}_x.sql"
+        path.write_text("ALTER TABLE users ALTER COLUMN id TYPE bigint;\n" if index % 2 else "DROP TABLE gone;\n")
+        files.append(path)
+    chosen = severities("default")
+    assert lint_all(files, chosen) == lint_group(files, chosen)

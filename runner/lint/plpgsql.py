@@ -26,6 +26,21 @@ LITERAL = re.compile(r"'(?:[^']|'')*'")
 GUARDING_CONDITIONS = ("duplicate_", "undefined_")
 GUARDING_NAMES = {"others", "invalid_table_definition"}
 EXITS = {"PLpgSQL_stmt_return", "PLpgSQL_stmt_exit"}
+# Statements some rule reads (a SELECT ... INTO in PL/pgSQL assigns variables, it creates nothing).
+RELEVANT = (
+    "alter",
+    "create",
+    "drop",
+    "reindex",
+    "vacuum",
+    "cluster",
+    "insert",
+    "update",
+    "delete",
+    "merge",
+    "with",
+    "set",
+)
 
 
 @dataclass(frozen=True)
@@ -53,26 +68,26 @@ def statements(text: str, first_line: int) -> list[Embedded]:
         functions = json.loads(parse_plpgsql_json(text))
     except ParseError as exc:
         raise BodyError(str(exc.args[0])) from None
-    found: list[Embedded] = []
+    queries: list[tuple[str, int, bool]] = []
     for function in functions:
         action = function.get("PLpgSQL_function", {}).get("action")
         if action:
-            _walk([action], guarded=False, base=first_line - 1, out=found)
-    return found
+            _walk([action], guarded=False, base=first_line - 1, out=queries)
+    return _parse([q for q in queries if q[0].lstrip()[:8].lower().startswith(RELEVANT)])
 
 
-def _walk(items: list[dict[str, Any]], *, guarded: bool, base: int, out: list[Embedded]) -> None:
+def _walk(items: list[dict[str, Any]], *, guarded: bool, base: int, out: list[tuple[str, int, bool]]) -> None:
     early_exit = False
     for item in items:
         kind, body = next(iter(item.items()))
         here = guarded or early_exit
         line = base + int(body.get("lineno", 1))
         if kind == "PLpgSQL_stmt_execsql":
-            _emit(body["sqlstmt"]["PLpgSQL_expr"]["query"], line, here, out)
+            out.append((body["sqlstmt"]["PLpgSQL_expr"]["query"], line, here))
         elif kind == "PLpgSQL_stmt_dynexecute":
             constant = _constant(body.get("query", {}).get("PLpgSQL_expr", {}).get("query", ""))
             if constant is not None:
-                _emit(constant, line, here, out)
+                out.append((constant, line, here))
         elif kind == "PLpgSQL_stmt_if":
             checks = _reads_catalog(body.get("cond"))
             _walk(body.get("then_body", []), guarded=here or checks, base=base, out=out)
@@ -124,11 +139,26 @@ def _constant(expression: str) -> str | None:
     return dollar.group(2) if dollar else None
 
 
-def _emit(query: str, line: int, guarded: bool, out: list[Embedded]) -> None:
+def _parse(queries: list[tuple[str, int, bool]]) -> list[Embedded]:
+    """The queries' parse trees: one parser call for all, one by one if that fails."""
     from pglast.parser import ParseError, parse_sql_json  # noqa: PLC0415
 
+    if not queries:
+        return []
     try:
-        tree = json.loads(parse_sql_json(query))
+        tree = json.loads(parse_sql_json(";\n".join(query for query, _, _ in queries)))
+        nodes = [raw["stmt"] for raw in tree.get("stmts", ())]
     except ParseError:
-        return  # PL/pgSQL-only syntax the SQL parser does not take; PostgreSQL reports it at run time
-    out.extend(Embedded(raw["stmt"], line, guarded, query) for raw in tree.get("stmts", ()))
+        nodes = []
+    if len(nodes) == len(queries):
+        return [
+            Embedded(node, line, guarded, query) for node, (query, line, guarded) in zip(nodes, queries, strict=True)
+        ]
+    found: list[Embedded] = []
+    for query, line, guarded in queries:
+        try:
+            tree = json.loads(parse_sql_json(query))
+        except ParseError:
+            continue  # PL/pgSQL-only syntax the SQL parser does not take; PostgreSQL reports it at run time
+        found += [Embedded(raw["stmt"], line, guarded, query) for raw in tree.get("stmts", ())]
+    return found

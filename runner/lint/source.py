@@ -18,6 +18,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from runner.discover import Migration, Statement, make_statement, parse, parse_directives, read_text
 from runner.errors import Problem
@@ -28,6 +29,10 @@ JSON_STRING = r'"((?:[^"\\]|\\.)*)"'
 RELATION = re.compile(
     rf'\{{"relation":\{{(?:"catalogname":{JSON_STRING},)?(?:"schemaname":{JSON_STRING},)?"relname":{JSON_STRING}'
 )
+LEADING = re.compile(r"(?:[ \t]*(?:--[^\n]*)?(?:\n|$))*")  # the leading comment block, all discover reads
+DOLLAR = re.compile(r"\$(?:[A-Za-z_][A-Za-z_0-9]*)?\$")
+BODY_KEY = '"defname":"as","arg":'
+SVAL = '"sval":"'
 DML = {"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"}
 # Statement kinds no rule reads and that never change how the runner runs the file.
 SKIPPED = {
@@ -86,7 +91,8 @@ def read(path: Path, version: int) -> tuple[Migration | None, list[Problem]]:
     text, problems = read_text(path, path.name)
     if text is None:
         return None, problems
-    directives, problems = parse_directives(path.name, text)
+    leading = LEADING.match(text)
+    directives, problems = parse_directives(path.name, text[: leading.end() if leading else len(text)])
     return Migration(version, path.name, path, text, "", directives), problems
 
 
@@ -131,33 +137,67 @@ def units(migration: Migration) -> tuple[list[Unit], list[Problem]]:
             continue
         if name == "VariableSetStmt" and '"timezone"' not in tree:
             continue
-        relation = RELATION.match(tree, kind.end()) if name in DML and kind else None
-        if relation:
-            table = relation.group(3)
-            node = {name: {"relation": {"relname": json.loads(f'"{table}"') if "\\" in table else table}}}
-        else:
-            node = json.loads(tree)
+        node = decode(name, tree, kind.end() if kind else 0)
+        body = None
+        if name in {"CreateFunctionStmt", "DoStmt"} and (literal := body_location(node[name])) >= 0:
+            body = dollar_body(sql, literal if ascii_only else len(encoded[:literal].decode()), offset)
         statement, refusal = make_statement(text, offset, first, node)
         if refusal:
             problems.append(Problem(refusal[0], refusal[1], migration.name, statement.line))
         else:
-            found.append(Unit(statement, body_span(statement)))
+            found.append(Unit(statement, body))
     if not pieces and not problems:
         problems.append(Problem("empty", "has no SQL statement (only comments)", migration.name))
     return found, problems
 
 
-def body_span(statement: Statement) -> tuple[int, int] | None:
-    """Where the body of a DO block or CREATE FUNCTION stands in the statement's text, if found."""
-    kind = statement.kind
-    if kind not in {"DoStmt", "CreateFunctionStmt"}:
-        return None
-    fields = statement.node[kind]
-    for option in fields.get("args", fields.get("options", ())):
+def decode(name: str, tree: str, after_kind: int) -> dict[str, Any]:
+    """A statement's tree, decoded from libpg_query's JSON as far as some rule reads it.
+
+    For a data change only its target table; for a DO block or function all but its body
+    (decoding megabytes of bodies costs more than the rest of a file).
+    """
+    relation = RELATION.match(tree, after_kind) if name in DML else None
+    if relation:
+        table = relation.group(3)
+        return {name: {"relation": {"relname": json.loads(f'"{table}"') if "\\" in table else table}}}
+    if name in {"CreateFunctionStmt", "DoStmt"}:
+        tree = without_body(tree)
+    return dict(json.loads(tree))
+
+
+def without_body(tree: str) -> str:
+    """The JSON with the statement's body string emptied; unchanged if not found."""
+    at = tree.find(BODY_KEY)
+    start = tree.find(SVAL, at) if at >= 0 else -1
+    if start < 0:
+        return tree
+    start += len(SVAL)
+    end = start
+    while (end := tree.find('"', end)) >= 0:
+        slashes = 0
+        while tree[end - 1 - slashes] == "\\":
+            slashes += 1
+        if slashes % 2 == 0:
+            return tree[:start] + tree[end:]
+        end += 1
+    return tree
+
+
+def body_location(fields: dict[str, object]) -> int:
+    """Byte offset in the file of the body literal of a DO block or function (-1 if unknown)."""
+    options = fields.get("args", fields.get("options", ()))
+    for option in options if isinstance(options, list) else ():
         element = option.get("DefElem", {})
         if element.get("defname") == "as":
-            argument = element.get("arg", {})
-            body = str(argument.get("List", {}).get("items", [argument])[0].get("String", {}).get("sval", ""))
-            at = statement.text.find(body) if body else -1
-            return (at, at + len(body)) if at >= 0 else None
-    return None
+            return int(element.get("arg_location", -1))
+    return -1
+
+
+def dollar_body(sql: str, at: int, offset: int) -> tuple[int, int] | None:
+    """The body between the dollar quotes opening at file position ``at``, relative to ``offset``."""
+    opening = DOLLAR.match(sql, at)
+    if not opening:
+        return None  # a single-quoted body: PL/pgSQL lines are then counted from the statement
+    closing = sql.find(opening.group(0), opening.end())
+    return (opening.end() - offset, closing - offset) if closing >= 0 else None
