@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.lint import RULES, lint_paths
+from runner.lint import PARALLEL_FROM, RULES, lint_all, lint_group, lint_paths
 from runner.lint import configuration as lint_configuration
 from runner.lint.rules import ALIASES
 
@@ -467,8 +467,6 @@ def test_lint_imports_no_database_driver() -> None:
 
 def test_large_runs_split_by_directory_give_the_same_findings(tmp_path: Path) -> None:
     """Two forked workers (from PARALLEL_FROM files on) report exactly what one process reports, in order."""
-    from runner.lint import PARALLEL_FROM, lint_all, lint_group
-
     files = []
     for index in range(PARALLEL_FROM + 10):
         directory = tmp_path / f"d{index % 3}"
