@@ -479,8 +479,8 @@ class FileChecks:
             yield self.report(
                 item,
                 "constraint-validates",
-                f"{contype.removeprefix('CONSTR_')} constraint {name} on existing table {table} validates every row "
-                f"under {lock}",
+                f"{'FOREIGN KEY' if contype == 'CONSTR_FOREIGN' else 'CHECK'} constraint {name} on existing table "
+                f"{table} validates every row under {lock}",
             )
         elif contype in {"CONSTR_UNIQUE", "CONSTR_PRIMARY", "CONSTR_EXCLUSION"} and not constraint.get("indexname"):
             shown = {"CONSTR_UNIQUE": "UNIQUE", "CONSTR_PRIMARY": "PRIMARY KEY", "CONSTR_EXCLUSION": "EXCLUDE"}[contype]
