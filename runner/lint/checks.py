@@ -363,7 +363,7 @@ class FileChecks:
             elif subtype == "AT_AddConstraint":
                 yield from self.add_constraint(item, table, cmd.get("def", {}).get("Constraint", {}), existing=existing)
             elif subtype == "AT_ValidateConstraint":
-                if column in self.not_valid.get(self.transaction(item), set()):
+                if existing and column in self.not_valid.get(self.transaction(item), set()):
                     yield self.report(
                         item,
                         "validate-same-transaction",

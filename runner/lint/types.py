@@ -4,7 +4,7 @@ Invariants:
 - ``Type`` is the type as written, normalised to PostgreSQL's internal names (``int4``,
   ``varchar``, ``bpchar``, ``timestamptz``) with its modifiers and array dimensions.
 - ``change`` follows ``ATColumnChangeRequiresRewrite`` as observed on PostgreSQL 18 (the
-  relfilenode changes or it does not; ``bench/lint/README.md`` lists the probe): same type
+  relfilenode changes or it does not: ``python -m bench.lint.rewrite_probe``): same type
   with wider or removed length/precision, binary-coercible casts (varchar/text/bpchar
   without length, cidr -> inet, xml -> text, int4 <-> oid) keep the table; timestamp <->
   timestamptz keeps it only when the session TimeZone is UTC (PostgreSQL 12+); everything
