@@ -55,8 +55,10 @@ RULE_CASES = {
     ),
     "validate-same-transaction": (
         "ALTER TABLE users ADD CONSTRAINT ck CHECK (id > 0) NOT VALID;\nALTER TABLE users VALIDATE CONSTRAINT ck;",
-        "CREATE TABLE IF NOT EXISTS t (id int);\nALTER TABLE t ADD CONSTRAINT ck CHECK (id > 0) NOT VALID;\n"
-        "ALTER TABLE t VALIDATE CONSTRAINT ck;",
+        (
+            "CREATE TABLE IF NOT EXISTS t (id int);\nALTER TABLE t ADD CONSTRAINT ck CHECK (id > 0) NOT VALID;\n"
+            "ALTER TABLE t VALIDATE CONSTRAINT ck;"
+        ),
     ),
     "add-column-required": (
         "ALTER TABLE users ADD COLUMN IF NOT EXISTS org bigint NOT NULL;",
