@@ -82,17 +82,21 @@ def lint_all(files: list[Path], severities: dict[str, str]) -> list[Finding]:
 
     From ``PARALLEL_FROM`` files on, and with more than one CPU, the files are split by
     directory (a directory's files stay together and in order: column types carry over
-    between them) into two halves linted by two forked workers, as squawk lints on two
-    threads; each worker inherits the loaded parser, so it starts at once.
+    between them) into two halves of about equal bytes, linted by two forked workers, as
+    squawk lints on two threads; each worker inherits the loaded parser, so it starts at once.
     """
     groups: dict[Path, list[int]] = {}
     for index, path in enumerate(files):
         groups.setdefault(path.parent, []).append(index)
     if len(files) < PARALLEL_FROM or len(groups) < 2 or (os.cpu_count() or 1) < 2 or not hasattr(os, "fork"):
         return lint_group(files, severities)
+    size = [path.stat().st_size if path.is_file() else 0 for path in files]
     halves: tuple[list[int], list[int]] = ([], [])
-    for indexes in sorted(groups.values(), key=len, reverse=True):
-        min(halves, key=len).extend(indexes)
+    weight = [0, 0]
+    for indexes in sorted(groups.values(), key=lambda group: -sum(size[i] for i in group)):
+        lighter = weight.index(min(weight))
+        halves[lighter].extend(indexes)
+        weight[lighter] += sum(size[i] for i in indexes)
     import multiprocessing  # noqa: PLC0415 - only for large runs
 
     with multiprocessing.get_context("fork").Pool(2) as pool:
