@@ -52,8 +52,8 @@ EXTRA = {
 # Where one rule of ours covers several of squawk's, the message says which case it is.
 KIND = {
     "ban-drop-view": ("DROP VIEW", "DROP MATERIALIZED VIEW"),
-    "ban-drop-function": ("DROP FUNCTION", "DROP PROCEDURE"),
-    "ban-drop-type": ("DROP TYPE", "DROP DOMAIN"),
+    "ban-drop-function": ("DROP FUNCTION", "DROP PROCEDURE", "DROP AGGREGATE"),
+    "ban-drop-type": ("DROP TYPE", "DROP DOMAIN", "DROP OPERATOR"),  # squawk files DROP OPERATOR here
     "ban-drop-sequence": ("DROP SEQUENCE",),
     "adding-foreign-key-constraint": ("FOREIGN", "REFERENCES"),
     "adding-serial-primary-key-field": ("PRIMARY KEY",),
@@ -226,6 +226,7 @@ def main() -> None:
                 made_here,
                 len(only_us),
                 coverage,
+                f"{100 * len(both) / rest:.0f} %" if (rest := len(both) + len(only_them) - made_here) else "-",
             )
         )
         disagreements += [("squawk only", rule, f, line) for f, line in sorted(only_them)]
@@ -235,7 +236,7 @@ def main() -> None:
 
 def write(
     corpus: list[Path],
-    rows: list[tuple[str, str, int, int, int, int, str]],
+    rows: list[tuple[str, str, int, int, int, int, str, str]],
     disagreements: list[tuple[str, str, str, int]],
     walls: dict[str, list[float]],
     single: dict[str, list[float]],
@@ -285,9 +286,11 @@ def write(
         "function) this same file creates, adds again or renames into place: new, replaced or swapped,",
         "so nothing of the running release is locked or broken (see README for the hand-checks).",
         "",
-        "| squawk rule | our rules | both | squawk only | made here | ours only | coverage |",
-        "|---|---|---|---|---|---|---|",
-        *[f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]} | {r[6]} |" for r in rows],
+        "`coverage`: both / all squawk flags; `without made here`: both / (both + squawk only - made here).",
+        "",
+        "| squawk rule | our rules | both | squawk only | made here | ours only | coverage | without made here |",
+        "|---|---|---|---|---|---|---|---|",
+        *[f"| {' | '.join(map(str, r))} |" for r in rows],
         "",
         "## Our findings inside PL/pgSQL bodies (squawk does not look there)",
         "",

@@ -65,6 +65,11 @@ class Source:
         return f"https://packages.debian.org/bookworm/{self.package} ({self.version})"
 
 
+def extension(project: str, version: str, package: str, licence: str) -> Source:
+    """A Debian package of PostgreSQL extension upgrade scripts (``ext--1.0--1.1.sql``)."""
+    return Source(project, version, "deb", package, licence, EXTENSION_UPGRADE, "extension")
+
+
 SOURCES = (
     Source(
         "synapse",
@@ -79,39 +84,19 @@ SOURCES = (
         "procrastinate", "3.10.0", "pypi-sdist", "procrastinate", "MIT", r"^[^/]+/procrastinate/sql/migrations/.*\.sql$"
     ),
     Source("graphile-worker", "0.17.3", "npm", "graphile-worker", "MIT", r"^package/sql/\d+\.sql$", "graphile"),
-    Source(
-        "postgresql-contrib", "15.20-0+deb12u1", "deb", "postgresql-15", "PostgreSQL", EXTENSION_UPGRADE, "extension"
-    ),
-    Source("pg_partman", "4.7.2-1", "deb", "postgresql-15-partman", "PostgreSQL", EXTENSION_UPGRADE, "extension"),
-    Source("mimeo", "1.5.1-14", "deb", "postgresql-15-mimeo", "PostgreSQL", EXTENSION_UPGRADE, "extension"),
-    Source("pglogical", "2.4.2-3", "deb", "postgresql-15-pglogical", "PostgreSQL", EXTENSION_UPGRADE, "extension"),
-    Source("orafce", "4.1.1-1", "deb", "postgresql-15-orafce", "0BSD", EXTENSION_UPGRADE, "extension"),
-    Source("semver", "0.32.0-1+b1", "deb", "postgresql-15-semver", "PostgreSQL", EXTENSION_UPGRADE, "extension"),
-    Source(
-        "pointcloud", "1.2.4-2+b1", "deb", "postgresql-15-pointcloud", "BSD-3-Clause", EXTENSION_UPGRADE, "extension"
-    ),
-    Source("pgtap", "1.2.0-3", "deb", "postgresql-15-pgtap", "PostgreSQL", EXTENSION_UPGRADE, "extension"),
-    Source("set_user", "4.0.1-1", "deb", "postgresql-15-set-user", "PostgreSQL", EXTENSION_UPGRADE, "extension"),
-    Source(
-        "pg_auto_failover",
-        "2.0-2+b1",
-        "deb",
-        "postgresql-15-auto-failover",
-        "PostgreSQL",
-        EXTENSION_UPGRADE,
-        "extension",
-    ),
-    Source("hll", "2.17-1+b1", "deb", "postgresql-15-hll", "Apache-2.0", EXTENSION_UPGRADE, "extension"),
-    Source("londiste", "3.8-2", "deb", "postgresql-15-londiste-sql", "ISC", EXTENSION_UPGRADE, "extension"),
-    Source(
-        "first_last_agg",
-        "0.1.4-4-gd63ea3b-6+b1",
-        "deb",
-        "postgresql-15-first-last-agg",
-        "PostgreSQL",
-        EXTENSION_UPGRADE,
-        "extension",
-    ),
+    extension("postgresql-contrib", "15.20-0+deb12u1", "postgresql-15", "PostgreSQL"),
+    extension("pg_partman", "4.7.2-1", "postgresql-15-partman", "PostgreSQL"),
+    extension("mimeo", "1.5.1-14", "postgresql-15-mimeo", "PostgreSQL"),
+    extension("pglogical", "2.4.2-3", "postgresql-15-pglogical", "PostgreSQL"),
+    extension("orafce", "4.1.1-1", "postgresql-15-orafce", "0BSD"),
+    extension("semver", "0.32.0-1+b1", "postgresql-15-semver", "PostgreSQL"),
+    extension("pointcloud", "1.2.4-2+b1", "postgresql-15-pointcloud", "BSD-3-Clause"),
+    extension("pgtap", "1.2.0-3", "postgresql-15-pgtap", "PostgreSQL"),
+    extension("set_user", "4.0.1-1", "postgresql-15-set-user", "PostgreSQL"),
+    extension("pg_auto_failover", "2.0-2+b1", "postgresql-15-auto-failover", "PostgreSQL"),
+    extension("hll", "2.17-1+b1", "postgresql-15-hll", "Apache-2.0"),
+    extension("londiste", "3.8-2", "postgresql-15-londiste-sql", "ISC"),
+    extension("first_last_agg", "0.1.4-4-gd63ea3b-6+b1", "postgresql-15-first-last-agg", "PostgreSQL"),
     # GPL-2+: fetched, never committed. Upgrades v18 -> v22 of the GNUmed server schema.
     Source(
         "gnumed",
