@@ -65,15 +65,26 @@ def statements(text: str, first_line: int) -> list[Embedded]:
     from pglast.parser import ParseError, parse_plpgsql_json  # noqa: PLC0415 - loaded with the parser
 
     try:
-        functions = json.loads(parse_plpgsql_json(text))
+        output = parse_plpgsql_json(text)
     except ParseError as exc:
         raise BodyError(str(exc.args[0])) from None
     queries: list[tuple[str, int, bool]] = []
-    for function in functions:
-        action = function.get("PLpgSQL_function", {}).get("action")
-        if action:
-            _walk([action], guarded=False, base=first_line - 1, out=queries)
+    for action in actions(output):
+        _walk([action], guarded=False, base=first_line - 1, out=queries)
     return _parse([q for q in queries if q[0].lstrip()[:8].lower().startswith(RELEVANT)])
+
+
+def actions(output: str) -> list[dict[str, Any]]:
+    """The statement trees of the parser's functions, without their variables.
+
+    One function's output is ``[{"PLpgSQL_function":{"datums":[...],"action":{...}}}]``; the
+    variables (``datums``) are most of it and no rule reads them, so only ``action`` is decoded.
+    """
+    start = output.find('"action":')
+    if output.count('"PLpgSQL_function"') == 1 and start >= 0:
+        end = output.rfind("}}")
+        return [json.loads(output[start + len('"action":') : end])] if end > start else []
+    return [f["PLpgSQL_function"]["action"] for f in json.loads(output) if f.get("PLpgSQL_function", {}).get("action")]
 
 
 def _walk(items: list[dict[str, Any]], *, guarded: bool, base: int, out: list[tuple[str, int, bool]]) -> None:
