@@ -374,6 +374,19 @@ def test_plpgsql_finding_lines_are_file_lines(tmp_path: Path) -> None:
     assert "DO block at line 2" in message
 
 
+def test_lines_and_names_survive_multibyte_text(tmp_path: Path) -> None:
+    """Non-ASCII text before a statement or a body does not shift lines; quoted names keep their case."""
+    body = (
+        "-- Ä comment äöü\nSELECT 'ü';\nDO $$\nBEGIN\n  -- ö\n  CREATE INDEX IF NOT EXISTS i ON users (a);\nEND $$;\n"
+        'INSERT INTO "Ü"."Täble" VALUES (1);\n'
+    )
+    assert [(rule, line) for rule, line, _ in findings(tmp_path, body, "up.sql")] == [
+        ("index-not-concurrent", 6),
+        ("mixed-schema-data", 8),
+    ]
+    assert "INSERT Täble" in findings(tmp_path, body, "up.sql")[1][2]
+
+
 def test_plpgsql_syntax_error_is_a_structure_finding(tmp_path: Path) -> None:
     """A DO block PostgreSQL would reject at run time is reported."""
     assert [rule for rule, _, _ in findings(tmp_path, "DO $$ BEGIN IF true THEN END $$;\n", "up.sql")] == ["structure"]

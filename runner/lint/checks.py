@@ -21,9 +21,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runner.lint import types
-from runner.lint.rules import OWN_FILE, RULES
+from runner.lint.rules import RULES
 
 NAMEDATALEN = 63
+NOT_IN_PLPGSQL = (
+    "CREATE INDEX CONCURRENTLY cannot run inside a DO block or function: move the index to the top level of a "
+    "file of its own (CONCURRENTLY makes the whole file run outside a transaction)"
+)
 LONG_RUN = re.compile(rb'[A-Za-z0-9_$\x80-\xff]{64,}|"[^"]{64,}"')
 NAMING_NODES = {
     "CreateStmt",
@@ -323,7 +327,7 @@ class FileChecks:
                 "CREATE INDEX CONCURRENTLY cannot run inside a DO block or function (it runs in a transaction)",
             )
         elif not fields.get("concurrent") and not self.new_table(table, item):
-            hint = "" if item.scope == "top" else "a DO block or function cannot build CONCURRENTLY: " + OWN_FILE
+            hint = "" if item.scope == "top" else NOT_IN_PLPGSQL
             yield self.report(
                 item,
                 "index-not-concurrent",
