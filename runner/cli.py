@@ -162,11 +162,6 @@ def print_status(report: dict[str, object], as_json: bool) -> None:
 def run(settings: config.Settings, args: argparse.Namespace, report: Report | None) -> None:
     """Run one command; raises ``RunnerError`` or ``Interrupted`` on failure."""
     command = settings.command
-    if command == "lint":
-        from runner import lint  # noqa: PLC0415 - lint imports neither psycopg nor the executor
-
-        lint.command(settings, args)
-        return
     from runner import commands, migrate  # noqa: PLC0415 - every other command needs the orchestrator
 
     if command not in {"validate", "new"}:
@@ -197,6 +192,27 @@ def run(settings: config.Settings, args: argparse.Namespace, report: Report | No
         run_verify(settings)
     elif command == "rehearse":
         run_rehearse(settings)
+
+
+def run_lint(settings: config.Settings, args: argparse.Namespace) -> int:
+    """``lint``: the report is the output; no log set-up, run events or signal handlers.
+
+    Start-up time is the point (it runs on every save and in CI). Exit 3 on an error finding, 2
+    on a usage or configuration problem (on stderr), 1 if lint itself fails; never a traceback.
+    """
+    from runner import lint  # noqa: PLC0415 - lint imports neither psycopg nor the executor
+
+    try:
+        lint.command(settings, args)
+    except ValidationError:
+        return int(ExitCode.VALIDATION)
+    except RunnerError as exc:
+        print(f"migration-runner: {exc}", file=sys.stderr)
+        return int(exc.exit_code)
+    except Exception as exc:  # noqa: BLE001 - no input may end in a traceback
+        print(f"migration-runner: lint failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return int(ExitCode.MIGRATION_FAILED)
+    return int(ExitCode.OK)
 
 
 def run_verify(settings: config.Settings) -> None:
@@ -252,6 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunnerError as exc:
         print(f"migration-runner: {config.redact(str(exc))}", file=sys.stderr)
         return int(exc.exit_code)
+    if command == "lint":
+        return run_lint(settings, args)
     observe.configure(
         fmt=settings.log_format, level=settings.log_level, scrub=lambda text: config.redact(text, settings.secrets)
     )

@@ -180,12 +180,27 @@ def parse_directives(name: str, sql: str) -> tuple[Directives, list[Problem]]:
 
 def read_migration(directory: Path, path: Path, version: int) -> tuple[Migration | None, list[Problem]]:
     name = path.name
+    if not path.resolve().is_relative_to(directory.resolve()):
+        return None, [Problem("file", f"resolves outside the migrations directory ({path.resolve()})", name)]
+    text, problems = read_text(path, name)
+    if text is None:
+        return None, problems
+    directives, problems = parse_directives(name, text)
+    checksum = hashlib.sha256(text.encode()).hexdigest()
+    return Migration(version, name, path, text, checksum, directives), problems
+
+
+def read_text(path: Path, name: str) -> tuple[str | None, list[Problem]]:
+    """A file's text (UTF-8, no BOM, LF line ends), or None and the problem.
+
+    Problems: not a regular file, too large, unreadable, a NUL byte, not UTF-8, empty.
+    ``read_migration`` adds the directory check, directives and checksum; ``lint`` reads any
+    file it is given with this alone.
+    """
 
     def problem(kind: str, message: str) -> tuple[None, list[Problem]]:
         return None, [Problem(kind, message, name)]
 
-    if not path.resolve().is_relative_to(directory.resolve()):
-        return problem("file", f"resolves outside the migrations directory ({path.resolve()})")
     try:
         info = path.stat()
         if not stat.S_ISREG(info.st_mode):
@@ -206,9 +221,7 @@ def read_migration(directory: Path, path: Path, version: int) -> tuple[Migration
         return problem("encoding", f"not valid UTF-8 at byte offset {exc.start + skipped}")
     if not text.strip():
         return problem("empty", "file is empty")
-    directives, problems = parse_directives(name, text)
-    checksum = hashlib.sha256(text.encode()).hexdigest()
-    return Migration(version, name, path, text, checksum, directives), problems
+    return text, []
 
 
 def version_of(name: str) -> int | None:
@@ -312,11 +325,43 @@ def _unservable(statement: Statement) -> tuple[str, str] | None:
     return None
 
 
-def analyse(migration: Migration) -> Analysis:
-    """Parse one migration; raises ``ValidationError`` naming file and line on any problem.
+def make_statement(
+    text: str, offset: int, file_line: int, node: dict[str, Any]
+) -> tuple[Statement, tuple[str, str] | None]:
+    """A statement with its transaction facts read from its parse tree.
 
-    The parse tree comes as JSON built in C (several times faster than pglast's Python
-    objects); its statement locations are byte offsets into the UTF-8 text.
+    Also (problem kind, why) if the runner cannot serve it, else None.
+    """
+    kind, body = next(iter(node.items()))
+    statement = Statement(
+        text,
+        offset,
+        file_line,
+        not _non_transactional(kind, body),
+        (kind == "IndexStmt" and bool(body.get("concurrent")))
+        or (kind == "ReindexStmt" and _reindex_concurrently(body)),
+        _concurrently(kind, body),
+        node,
+    )
+    return statement, _unservable(statement)
+
+
+def analyse(migration: Migration) -> Analysis:
+    """Parse one migration; raises ``ValidationError`` naming file and line on any problem."""
+    statements, problems = parse(migration)
+    if problems:
+        raise ValidationError(problems)
+    transactional = not migration.directives.no_transaction and all(s.transactional for s in statements)
+    return Analysis(statements, transactional)
+
+
+def parse(migration: Migration) -> tuple[tuple[Statement, ...], list[Problem]]:
+    """The statements the runner can serve, and a problem for each one it cannot.
+
+    ``analyse`` without raising: ``lint`` goes on with the statements. The parse tree comes as
+    JSON built in C (several times faster than pglast's Python objects); its statement
+    locations are byte offsets into the UTF-8 text. A syntax error stops the parser: then
+    there are no statements and one problem.
     """
     from pglast.parser import ParseError, parse_sql_json  # noqa: PLC0415 - loaded only to parse
 
@@ -329,7 +374,7 @@ def analyse(migration: Migration) -> Analysis:
         kind = "syntax"
         if sql.splitlines()[line - 1].lstrip().startswith("\\"):
             kind, message = "psql-meta", "psql meta-command: the runner sends SQL only (no \\i, \\set, \\c ...)"
-        raise ValidationError([Problem(kind, message, name, line)]) from None
+        return (), [Problem(kind, message, name, line)]
     encoded = sql.encode()
     statements: list[Statement] = []
     problems: list[Problem] = []
@@ -341,25 +386,11 @@ def analyse(migration: Migration) -> Analysis:
         offset = char_end + len(gap)
         file_line = line_end + gap.count("\n") + 1
         byte_end, char_end, line_end = end, offset + len(text), file_line - 1 + text.count("\n")
-        kind, body = next(iter(raw["stmt"].items()))
-        statement = Statement(
-            text,
-            offset,
-            file_line,
-            not _non_transactional(kind, body),
-            (kind == "IndexStmt" and bool(body.get("concurrent")))
-            or (kind == "ReindexStmt" and _reindex_concurrently(body)),
-            _concurrently(kind, body),
-            raw["stmt"],
-        )
-        refusal = _unservable(statement)
+        statement, refusal = make_statement(text, offset, file_line, raw["stmt"])
         if refusal:
             problems.append(Problem(refusal[0], refusal[1], name, statement.line))
             continue
         statements.append(statement)
     if not statements and not problems:
         problems.append(Problem("empty", "has no SQL statement (only comments)", name))
-    if problems:
-        raise ValidationError(problems)
-    transactional = not migration.directives.no_transaction and all(s.transactional for s in statements)
-    return Analysis(tuple(statements), transactional)
+    return tuple(statements), problems

@@ -1,0 +1,141 @@
+"""``lint``: static checks of migration files on PostgreSQL's own parse trees (SQL and PL/pgSQL). No database.
+
+Invariants:
+- Every finding has a rule id from ``rules.RULES``, a severity, the file as given, the line
+  of the statement and a fix hint true for this runner. ``error`` findings make ``lint`` exit
+  3; ``warning`` findings do not; a bad flag or configuration exits 2.
+- ``lint`` imports neither psycopg nor the executor: the parser, the rules and the reporter.
+- ``add_arguments`` and ``command`` are the CLI's contract with this package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from runner.config import Settings
+from runner.discover import MIGRATION_NAME
+from runner.errors import ConfigError, Problem, ValidationError
+from runner.lint import configuration, cparser
+from runner.lint.engine import Finding, Linter, structure
+from runner.lint.report import FORMATS, render
+from runner.lint.rules import RULES
+
+DIRECTORY_PROBLEMS = {"name", "duplicate", "gap"}
+__all__ = ["RULES", "Finding", "Linter", "add_arguments", "command", "lint_paths"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``lint`` command's own arguments (besides ``--migrations-dir`` and logging)."""
+    parser.add_argument(
+        "files", nargs="*", metavar="PATH", help="files or directories (*.sql inside) to lint (default: the directory)"
+    )
+    parser.add_argument("--format", choices=FORMATS, default="human", help="report format (default human)")
+    parser.add_argument(
+        "--select",
+        action="append",
+        metavar="RULES",
+        help="run only these rules: ids, squawk names, families, default or ALL (comma-separated; repeatable)",
+    )
+    parser.add_argument("--ignore", action="append", metavar="RULES", help="skip these rules (as --select)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="configuration file (default: the nearest pyproject.toml or migration-runner-lint.toml)",
+    )
+
+
+def lint_paths(paths: list[Path], severities: dict[str, str] | None = None) -> list[Finding]:
+    """Lint the given files in order (the default rule set unless ``severities`` says otherwise)."""
+    linter = Linter(severities or configuration.severities({}, "defaults", select=None, ignore=None))
+    for path in paths:
+        linter.lint(path)
+    return linter.findings
+
+
+def command(settings: Settings, args: argparse.Namespace) -> None:
+    """``lint``: print the report to stdout; ``ValidationError`` (exit 3) on an error finding."""
+    cparser.load()
+    source = args.config or configuration.find(Path.cwd())
+    table = configuration.read(source) if source else {}
+    severities = configuration.severities(
+        table,
+        str(source or "configuration"),
+        select=configuration.split(args.select),
+        ignore=configuration.split(args.ignore),
+    )
+    linter = Linter(severities)
+    files = targets([Path(name) for name in args.files]) if args.files else directory(settings.migrations_dir, linter)
+    linter.findings += lint_all(files, severities)
+    print(render(linter.findings, len(files), args.format))
+    errors = [Problem(f.rule, f.message, f.file, f.line) for f in linter.findings if f.severity == "error"]
+    if errors:
+        raise ValidationError(errors)
+
+
+PARALLEL_FROM = 200  # files; below that, forking costs more than it saves
+
+
+def lint_all(files: list[Path], severities: dict[str, str]) -> list[Finding]:
+    """Every file's findings, in the order given.
+
+    From ``PARALLEL_FROM`` files on, and with more than one CPU, the files are split by
+    directory (a directory's files stay together and in order: column types carry over
+    between them) into two halves of about equal bytes, linted by two forked workers, as
+    squawk lints on two threads; each worker inherits the loaded parser, so it starts at once.
+    """
+    groups: dict[Path, list[int]] = {}
+    for index, path in enumerate(files):
+        groups.setdefault(path.parent, []).append(index)
+    if len(files) < PARALLEL_FROM or len(groups) < 2 or (os.cpu_count() or 1) < 2 or not hasattr(os, "fork"):
+        return lint_group(files, severities)
+    size = [path.stat().st_size if path.is_file() else 0 for path in files]
+    halves: tuple[list[int], list[int]] = ([], [])
+    weight = [0, 0]
+    for indexes in sorted(groups.values(), key=lambda group: -sum(size[i] for i in group)):
+        lighter = weight.index(min(weight))
+        halves[lighter].extend(indexes)
+        weight[lighter] += sum(size[i] for i in indexes)
+    import multiprocessing  # noqa: PLC0415 - only for large runs
+
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        results = pool.starmap(lint_group, [([files[i] for i in sorted(half)], severities) for half in halves])
+    order = {str(path): index for index, path in enumerate(files)}
+    found = [finding for result in results for finding in result]
+    return sorted(found, key=lambda f: order.get(f.file, 0))
+
+
+def lint_group(files: list[Path], severities: dict[str, str]) -> list[Finding]:
+    linter = Linter(severities)
+    for path in files:
+        linter.lint(path)
+    return linter.findings
+
+
+def targets(paths: list[Path]) -> list[Path]:
+    """Files as given; a directory stands for the ``*.sql`` files below it, in path order."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*.sql") if p.is_file())
+        elif path.exists() or path.is_symlink():
+            found.append(path)
+        else:
+            raise ConfigError(f"lint: {path}: no such file or directory")
+    return found
+
+
+def directory(migrations_dir: Path, linter: Linter) -> list[Path]:
+    """The migrations directory's ``*.sql`` files in version order; naming problems become findings."""
+    from runner.discover import discover  # noqa: PLC0415
+
+    try:
+        return [m.path for m in discover(migrations_dir)]
+    except ValidationError as exc:
+        for problem in exc.problems:  # the directory's own; each file's come when it is linted
+            if problem.kind in DIRECTORY_PROBLEMS:
+                shown = str(migrations_dir / problem.file) if problem.file else str(migrations_dir)
+                linter.findings += linter.select([structure(problem)], None, shown, {})
+    files = [p for p in migrations_dir.iterdir() if p.name.endswith(".sql") and not p.name.startswith(".")]
+    return sorted(files, key=lambda p: (int(m.group(1)) if (m := MIGRATION_NAME.match(p.name)) else 0, p.name))

@@ -1,0 +1,203 @@
+"""One file as lint sees it: its text, directives and top-level statements, parsed where a rule looks.
+
+Invariants:
+- Statements are delimited by PostgreSQL's parser (``pglast.parser.split``); each parsed one
+  gets the runner's own facts from ``discover.make_statement`` (runs in a transaction or not,
+  refused like ``BEGIN`` or ``COPY ... FROM STDIN``), so lint and the runner agree.
+- Statements no rule looks at (GRANT, COMMENT, SELECT without INTO, ALTER FUNCTION without
+  RENAME, ...) get no parse tree; a data change gets a minimal one naming its target table;
+  the body of a DO block or function is blanked for the SQL parser and kept as ``Unit.body``
+  (the PL/pgSQL parser reads the statement's own text). This is what makes lint fast: most of
+  a real corpus is function bodies and statements no rule reads.
+- On a syntax error the parser stops: ``discover.parse`` names it, and there are no statements.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runner.discover import Migration, Statement, make_statement, parse, parse_directives, read_text
+from runner.errors import Problem
+
+TAIL = re.compile(r'(?:,"stmt_location":(\d+))?(?:,"stmt_len":(\d+))?\}(?:,|\]\})$')
+KIND = re.compile(r'\{"(\w+)":')
+JSON_STRING = r'"((?:[^"\\]|\\.)*)"'
+RELATION = re.compile(
+    rf'\{{"relation":\{{(?:"catalogname":{JSON_STRING},)?(?:"schemaname":{JSON_STRING},)?"relname":{JSON_STRING}'
+)
+LEADING = re.compile(r"(?:[ \t]*(?:--[^\n]*)?(?:\n|$))*")  # the leading comment block, all discover reads
+DOLLAR = re.compile(r"\$(?:[A-Za-z_][A-Za-z_0-9]*)?\$")
+BODY_KEY = '"defname":"as","arg":'
+SVAL = '"sval":"'
+DML = {"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"}
+# Statement kinds no rule reads and that never change how the runner runs the file.
+SKIPPED = {
+    "GrantStmt",
+    "GrantRoleStmt",
+    "CommentStmt",
+    "AlterFunctionStmt",
+    "AlterExtensionStmt",
+    "AlterExtensionContentsStmt",
+    "AlterDefaultPrivilegesStmt",
+    "AlterOwnerStmt",
+    "AlterObjectSchemaStmt",
+    "NotifyStmt",
+    "ListenStmt",
+    "VariableShowStmt",
+    "ExplainStmt",
+    "CallStmt",
+    "SecLabelStmt",
+    "RuleStmt",
+    "CreateCastStmt",
+    "CreateOpClassStmt",
+    "CreateOpFamilyStmt",
+    "AlterOpFamilyStmt",
+    "CreateConversionStmt",
+    "CreatePolicyStmt",
+    "AlterPolicyStmt",
+    "CreateRoleStmt",
+    "AlterRoleStmt",
+    "CreateEventTrigStmt",
+    "CreateFdwStmt",
+    "CreateForeignServerStmt",
+    "CreateUserMappingStmt",
+    "AlterTSConfigurationStmt",
+    "AlterTSDictionaryStmt",
+    "CreateTransformStmt",
+    "CreatePublicationStmt",
+    "AlterPublicationStmt",
+    "CreateStatsStmt",
+    "LockStmt",
+    "CheckPointStmt",
+    "DiscardStmt",
+    "LoadStmt",
+}
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A top-level statement; ``body`` is the (start, end) of its DO or function body in its text."""
+
+    statement: Statement
+    body: tuple[int, int] | None = None
+
+
+def read(path: Path, version: int) -> tuple[Migration | None, list[Problem]]:
+    """The file as a migration (directives read; lint computes no checksum), or its problems."""
+    text, problems = read_text(path, path.name)
+    if text is None:
+        return None, problems
+    leading = LEADING.match(text)
+    directives, problems = parse_directives(path.name, text[: leading.end() if leading else len(text)])
+    return Migration(version, path.name, path, text, "", directives), problems
+
+
+def units(migration: Migration) -> tuple[list[Unit], list[Problem]]:
+    """The file's statements (refused ones reported, not returned) and its problems.
+
+    The file is parsed once; the JSON of each statement is decoded only if some rule reads
+    that kind of statement (top-level statements are delimited by ``{"stmt":`` in
+    libpg_query's output: nested nodes never use that key, and quotes inside strings are
+    escaped).
+    """
+    from pglast.parser import ParseError, parse_sql_json  # noqa: PLC0415 - loaded only to parse
+
+    sql = migration.sql
+    try:
+        output = parse_sql_json(sql)
+    except ParseError:
+        return [], parse(migration)[1]
+    pieces = output.split('{"stmt":')[1:]
+    ascii_only = sql.isascii()
+    encoded = b"" if ascii_only else sql.encode()
+    found: list[Unit] = []
+    problems: list[Problem] = []
+    char_end = line_end = byte_end = 0
+    for piece in pieces:
+        tail = TAIL.search(piece, max(0, len(piece) - 64))  # the keys after the tree, at its end
+        if tail is None:
+            raise ValueError("unexpected parser output")  # libpg_query's JSON layout changed
+        start = int(tail.group(1) or 0)
+        end = start + int(tail.group(2)) if tail.group(2) else len(sql if ascii_only else encoded)
+        if ascii_only:
+            gap, text = sql[byte_end:start], sql[start:end]
+        else:
+            gap, text = encoded[byte_end:start].decode(), encoded[start:end].decode()
+        offset = char_end + len(gap)
+        first = line_end + gap.count("\n") + 1
+        byte_end, char_end, line_end = end, offset + len(text), first - 1 + text.count("\n")
+        tree = piece[: tail.start()]
+        kind = KIND.match(tree)
+        name = kind.group(1) if kind else ""
+        if name in SKIPPED or (name == "SelectStmt" and '"intoClause"' not in tree):
+            continue
+        if name == "VariableSetStmt" and '"timezone"' not in tree:
+            continue
+        node = decode(name, tree, kind.end() if kind else 0)
+        body = None
+        if name in {"CreateFunctionStmt", "DoStmt"} and (literal := body_location(node[name])) >= 0:
+            body = dollar_body(sql, literal if ascii_only else len(encoded[:literal].decode()), offset)
+        statement, refusal = make_statement(text, offset, first, node)
+        if refusal:
+            problems.append(Problem(refusal[0], refusal[1], migration.name, statement.line))
+        else:
+            found.append(Unit(statement, body))
+    if not pieces and not problems:
+        problems.append(Problem("empty", "has no SQL statement (only comments)", migration.name))
+    return found, problems
+
+
+def decode(name: str, tree: str, after_kind: int) -> dict[str, Any]:
+    """A statement's tree, decoded from libpg_query's JSON as far as some rule reads it.
+
+    For a data change only its target table; for a DO block or function all but its body
+    (decoding megabytes of bodies costs more than the rest of a file).
+    """
+    relation = RELATION.match(tree, after_kind) if name in DML else None
+    if relation:
+        table = relation.group(3)
+        return {name: {"relation": {"relname": json.loads(f'"{table}"') if "\\" in table else table}}}
+    if name in {"CreateFunctionStmt", "DoStmt"}:
+        tree = without_body(tree)
+    return dict(json.loads(tree))
+
+
+def without_body(tree: str) -> str:
+    """The JSON with the statement's body string emptied; unchanged if not found."""
+    at = tree.find(BODY_KEY)
+    start = tree.find(SVAL, at) if at >= 0 else -1
+    if start < 0:
+        return tree
+    start += len(SVAL)
+    end = start
+    while (end := tree.find('"', end)) >= 0:
+        slashes = 0
+        while tree[end - 1 - slashes] == "\\":
+            slashes += 1
+        if slashes % 2 == 0:
+            return tree[:start] + tree[end:]
+        end += 1
+    return tree
+
+
+def body_location(fields: dict[str, object]) -> int:
+    """Byte offset in the file of the body literal of a DO block or function (-1 if unknown)."""
+    options = fields.get("args", fields.get("options", ()))
+    for option in options if isinstance(options, list) else ():
+        element = option.get("DefElem", {})
+        if element.get("defname") == "as":
+            return int(element.get("arg_location", -1))
+    return -1
+
+
+def dollar_body(sql: str, at: int, offset: int) -> tuple[int, int] | None:
+    """The body between the dollar quotes opening at file position ``at``, relative to ``offset``."""
+    opening = DOLLAR.match(sql, at)
+    if not opening:
+        return None  # a single-quoted body: PL/pgSQL lines are then counted from the statement
+    closing = sql.find(opening.group(0), opening.end())
+    return (opening.end() - offset, closing - offset) if closing >= 0 else None
