@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from runner import __version__, config, observe
+from runner import __version__, config, console
 from runner.errors import ConfigError, ExitCode, Interrupted, Problem, RunnerError, ValidationError
 
 if TYPE_CHECKING:
@@ -107,6 +107,8 @@ def install_signal_handlers(deadline: float) -> None:
     fired = False
 
     def hard_exit(code: ExitCode) -> None:
+        from runner import observe  # noqa: PLC0415 - loaded by now (main configured it)
+
         observe.logger().error("cleanup_timeout", grace_s=CLEANUP_GRACE_S, exit_code=int(code))
         os._exit(int(code))
 
@@ -174,6 +176,8 @@ def run(settings: config.Settings, args: argparse.Namespace, report: Report | No
     elif command == "validate":
         has_database = settings.database_url is not None or bool(os.environ.get("PGHOST"))
         found = commands.validate(settings, with_database=has_database)
+        from runner import observe  # noqa: PLC0415 - loaded by now (main configured it)
+
         observe.logger().info("validated", migrations=len(found), checked_history=has_database)
     elif command == "new":
         import datetime  # noqa: PLC0415 - start-up cost paid by new only
@@ -270,6 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.exit_code)
     if command == "lint":
         return run_lint(settings, args)
+    from runner import observe  # noqa: PLC0415 - lint, which runs on every save, does without structlog
+
     observe.configure(
         fmt=settings.log_format, level=settings.log_level, scrub=lambda text: config.redact(text, settings.secrets)
     )
@@ -340,7 +346,7 @@ def entry() -> None:
     remain; what is left is flushing output. Interpreter teardown (freeing every module and
     object) would add about 30 ms to every pod start, so the process ends with ``os._exit``.
     """
-    out, err = observe.SafeStream(sys.stdout), observe.SafeStream(sys.stderr)
+    out, err = console.SafeStream(sys.stdout), console.SafeStream(sys.stderr)
     sys.stdout, sys.stderr = out, err
     code = main()
     out.flush()
@@ -352,6 +358,8 @@ def entry() -> None:
 
 def configure_metrics(settings: config.Settings) -> None:
     """Point ``observe`` at this run's job, database and delivery targets."""
+    from runner import observe  # noqa: PLC0415 - loaded by now (main configured it)
+
     observe.RUN.runner_version = __version__
     observe.RUN.job = settings.metrics_job
     observe.RUN.database = settings.database_label

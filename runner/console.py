@@ -11,6 +11,7 @@ Invariants:
 - Colour (ANSI) only when asked for, which the caller does only for a terminal and never
   when ``NO_COLOR`` is set. Only ASCII is written, whatever the terminal's encoding.
 - ``migration_progress`` at a terminal is a live line, rewritten in place until the next event.
+- ``SafeStream`` never raises on a closed or full output; it remembers what was lost.
 """
 
 from __future__ import annotations
@@ -169,6 +170,39 @@ def _clip(text: str, width: int) -> str:
         shown += 1
         index += 1
     return "".join(out) + (RESET if "\x1b[" in text else "")
+
+
+class SafeStream:
+    """A text stream that never raises on write: a closed pipe or a full disk is remembered.
+
+    The runner must finish its clean-up (roll back, unlock) and exit with its code whatever
+    happens to its output; ``lost`` tells the caller that something was not written.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.lost = False
+
+    def write(self, text: str) -> int:
+        if not self.lost:
+            try:
+                self.stream.write(text)
+            except (OSError, ValueError):
+                self.lost = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.lost:
+            try:
+                self.stream.flush()
+            except (OSError, ValueError):
+                self.lost = True
+
+    def isatty(self) -> bool:
+        try:
+            return self.stream.isatty()
+        except (OSError, ValueError):
+            return False
 
 
 class WriterFactory:

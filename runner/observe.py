@@ -54,39 +54,6 @@ def scrubber(scrub: Callable[[str], str]) -> Callable[[Any, str, MutableMapping[
     return processor
 
 
-class SafeStream:
-    """A text stream that never raises on write: a closed pipe or a full disk is remembered.
-
-    The runner must finish its clean-up (roll back, unlock) and exit with its code whatever
-    happens to its output; ``lost`` tells the caller that something was not written.
-    """
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-        self.lost = False
-
-    def write(self, text: str) -> int:
-        if not self.lost:
-            try:
-                self.stream.write(text)
-            except (OSError, ValueError):
-                self.lost = True
-        return len(text)
-
-    def flush(self) -> None:
-        if not self.lost:
-            try:
-                self.stream.flush()
-            except (OSError, ValueError):
-                self.lost = True
-
-    def isatty(self) -> bool:
-        try:
-            return self.stream.isatty()
-        except (OSError, ValueError):
-            return False
-
-
 def configure(*, fmt: str | None, level: str, scrub: Callable[[str], str], stream: TextIO | None = None) -> None:
     """Set up structlog once per process; see the module docstring."""
     global LIVE  # noqa: PLW0603 - one logging set-up per process, like structlog's own
