@@ -95,10 +95,16 @@ class Statement:
 
     @cached_property
     def lead(self) -> int:
-        """Characters of leading whitespace and comments before the first token."""
-        from pglast.parser import scan  # noqa: PLC0415 - only for error reports and lint
+        """Characters of leading whitespace and comments before the first token.
 
-        return next((token.start for token in scan(self.text) if token.name not in COMMENT_TOKENS), 0)
+        pglast 8's slices start at the first token already; older ones include the comments and
+        whitespace before it, which only the scanner can skip reliably.
+        """
+        if self.text[:1].isspace() or self.text.startswith(("--", "/*")):
+            from pglast.parser import scan  # noqa: PLC0415 - only for slices that need it
+
+            return next((token.start for token in scan(self.text) if token.name not in COMMENT_TOKENS), 0)
+        return 0
 
     @property
     def line(self) -> int:
