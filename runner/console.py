@@ -15,6 +15,7 @@ Invariants:
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -78,6 +79,10 @@ PHRASES: dict[str, tuple[Callable[[Mapping[str, Any]], str], set[str]]] = {
         {"migration", "version", "checksum", "elapsed_ms", "percent"},
     ),
     "lock_acquired": (lambda e: f"lock acquired after {_ms(e, 'lock_wait_ms')}", {"lock_wait_ms"}),
+    "target_finished": (
+        lambda e: f"target {e.get('target')} {e.get('status')}: {e.get('applied')} applied in {_ms(e, 'duration_ms')}",
+        {"target", "status", "applied", "duration_ms"},
+    ),
     "run_finished": (
         lambda e: f"{e.get('command')} finished: exit {e.get('exit_code')} after {_ms(e, 'duration_ms')}",
         {"command", "exit_code", "duration_ms"},
@@ -118,23 +123,28 @@ class Renderer:
 
 
 class Writer:
-    """Writes ``Line`` values: a live line is rewritten in place, cleared before the next event."""
+    """Writes ``Line`` values: a live line is rewritten in place, cleared before the next event.
+
+    One line at a time, whichever thread logs it (a fleet's workers).
+    """
 
     def __init__(self, stream: TextIO, *, live: bool) -> None:
         self.stream, self.live = stream, live
         self.showing = False
+        self.lock = threading.Lock()
 
     def msg(self, line: Line | str) -> None:
         if not isinstance(line, Line):
             line = Line(str(line))
-        clear = "\r\x1b[K" if self.showing else ""
-        if line.transient and self.live:
-            self.stream.write(f"{clear}{line.text.splitlines()[0]}")
-            self.showing = True
-        else:
-            self.stream.write(f"{clear}{line.text}\n")
-            self.showing = False
-        self.stream.flush()
+        with self.lock:
+            clear = "\r\x1b[K" if self.showing else ""
+            if line.transient and self.live:
+                self.stream.write(f"{clear}{line.text.splitlines()[0]}")
+                self.showing = True
+            else:
+                self.stream.write(f"{clear}{line.text}\n")
+                self.showing = False
+            self.stream.flush()
 
     debug = info = warning = error = critical = msg
 

@@ -429,10 +429,26 @@ class AppliedThenInterrupted(Exception):
         self.duration_ms, self.cause = duration_ms, cause
 
 
-def migrate(settings: Settings, report: Report) -> Report:
-    """Apply pending migrations; see the module docstring. ``report`` is filled in as it goes."""
-    migrations = discover(settings.migrations_dir)
-    analyses = parse_all(migrations)
+@dataclass(frozen=True)
+class Files:
+    """Every migration file of a directory, checksummed and parsed (step 1), ready to apply anywhere."""
+
+    migrations: list[Migration]
+    analyses: dict[str, Analysis]
+
+    @classmethod
+    def read(cls, settings: Settings) -> Files:
+        migrations = discover(settings.migrations_dir)
+        return cls(migrations, parse_all(migrations))
+
+
+def migrate(settings: Settings, report: Report, files: Files | None = None) -> Report:
+    """Apply pending migrations; see the module docstring. ``report`` is filled in as it goes.
+
+    ``files`` saves step 1 when the caller read them already (a fleet reads them once for all).
+    """
+    files = files or Files.read(settings)
+    migrations, analyses = files.migrations, files.analyses
     deadline = time.monotonic() + settings.lock_wait_timeout
     with ExitStack() as stack:
         locked = Locked(settings, stack, deadline, report)
@@ -447,6 +463,7 @@ def migrate(settings: Settings, report: Report) -> Report:
             failed_before=[row.name for row in plan.failed],
         )
         for migration in plan.pending:
+            checkpoint()  # a fleet's stop request: start no further migration
             try:
                 duration_ms = apply_one(locked, migration, analyses[migration.name], settings, report)
             except MigrationFailed as exc:
