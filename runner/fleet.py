@@ -12,8 +12,9 @@ Steps, each an invariant:
 3. At most ``--parallel`` targets run at once, in list order. The first ``--canary`` targets
    run before any other; unless every one of them ends done, no other starts (``skipped``).
 4. A failing target never stops another one mid-migration. With ``--on-error stop`` no target
-   starts after a failure (decided by the failing worker, before any other takes a target);
-   with ``continue`` every target runs.
+   starts after a failure: the failing worker stops the queue before it logs its end, and a
+   worker takes a target and logs ``target_started`` under the same lock. With ``continue``
+   every target runs.
 5. SIGTERM, SIGINT, SIGHUP or ``--deadline`` (raised in the main thread): no target starts any
    more and ``retry.request_stop`` interrupts the running ones, which clean up as ``migrate``
    does (cancel on the server, roll back, failure row, unlock; a migration the server
@@ -241,23 +242,27 @@ class Rollout:
         self.metrics.failed = statuses.count(Status.FAILED) + statuses.count(Status.INTERRUPTED)
         self.metrics.skipped = statuses.count(Status.SKIPPED)
 
-    def next_target(self) -> Target | None:
-        with self.lock:
-            return self.queue.popleft() if self.queue and self.stop_reason is None else None
-
-    def work(self, context: contextvars.Context) -> None:
+    def work(self, main: contextvars.Context) -> None:
         """A worker: take targets until none is left or the run stops; each in a copy of the main context."""
-        while (target := self.next_target()) is not None:
-            outcome = context.copy().run(self.migrate_one, target)
+        while True:
+            with self.lock:
+                if not self.queue or self.stop_reason is not None:
+                    return
+                target = self.queue.popleft()
+                context = main.copy()
+                context.run(self.start, target)
+            outcome = context.run(self.migrate_one, target)
             with self.lock:
                 self.outcomes[target.name] = outcome
-            if outcome.status is Status.FAILED and self.options.on_error == "stop":
-                self.stop(f"--on-error stop: {target.name} failed")
             self.changed.set()
+
+    @staticmethod
+    def start(target: Target) -> None:
+        bind(target=target.name, database=target.database)
+        logger().info("target_started", origin=target.origin)
 
     def migrate_one(self, target: Target) -> Outcome:
         """``migrate`` one target; every error ends in its outcome, never in the thread."""
-        bind(target=target.name, database=target.database)
         log = logger()
         settings = dataclasses.replace(
             self.settings, database_url=target.url, database_label=target.name, secrets=self.secrets
@@ -268,7 +273,6 @@ class Rollout:
             on_lock_acquired=functools.partial(observe.lock_acquired, run=run),
             on_progress=functools.partial(observe.progress, run=run),
         )
-        log.info("target_started", origin=target.origin)
         started = time.monotonic()
         status, code, error = Status.DONE, ExitCode.OK, None
         try:
@@ -280,6 +284,8 @@ class Rollout:
         except Exception as exc:  # noqa: BLE001 - no input may end in a traceback, in any thread
             status, code, error = Status.FAILED, ExitCode.MIGRATION_FAILED, f"{type(exc).__name__}: {exc}"
         duration_s = time.monotonic() - started
+        if status is Status.FAILED and self.options.on_error == "stop":
+            self.stop(f"--on-error stop: {target.name} failed")
         observe.outcome(
             run,
             exit_code=int(code),
