@@ -9,16 +9,22 @@ shows as a count of 2. Everything is dropped afterwards.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import psycopg
 from psycopg import sql
 
+from runner.lock import derive_key
+from tests.conftest import OUTPUTS, Database, Result, parse_events
 from tests.pgcluster import Cluster
+from tests.services import scrape
 
 SIDE = "CREATE TABLE side (version text)"
 POISON = "CREATE TABLE poison ()"  # makes the poison check of ``counted`` fail in that tenant
@@ -129,3 +135,67 @@ def created(cluster: Cluster, count: int) -> Iterator[Tenants]:
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
             conn.execute(sql.SQL("ALTER DATABASE {} IS_TEMPLATE false").format(sql.Identifier(template)))
             conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(template)))
+
+
+class Background:
+    """A runner process whose stdout and stderr go to files, never to a pipe nobody reads while it runs."""
+
+    def __init__(self, db: Database, *args: str, env: dict[str, str] | None = None) -> None:
+        self.out: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by finish()
+        self.err: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by finish()
+        self.proc = subprocess.Popen([*db.command(), *args], env=env or db.env(), stdout=self.out, stderr=self.err)
+
+    def finish(self, timeout: float = 180) -> Result:
+        """Wait for the end; the output joins the session's password scan."""
+        code = self.proc.wait(timeout=timeout)
+        texts = []
+        for stream in (self.out, self.err):
+            stream.seek(0)
+            texts.append(stream.read().decode(errors="replace"))
+            stream.close()
+        OUTPUTS.append(texts[0] + texts[1])
+        return Result(code, texts[0], texts[1], parse_events(texts[0] + texts[1]))
+
+
+@dataclass
+class DashboardRun:
+    """What ``dashboard_run`` did: the facts every dashboard panel is checked against."""
+
+    job: str
+    broken: str  # its 002 fails
+    waited: str  # its lock was held until ``while_waiting`` returned
+    started: float
+    ended: float
+    results: list[Result]  # shard 0, shard 1
+
+
+def dashboard_run(
+    db: Database,
+    tenants: Tenants,
+    gateway: str,
+    job: str,
+    while_waiting: Callable[[str], None],
+    sleep_s: dict[int, float] | None = None,
+) -> DashboardRun:
+    """Two shards of one fleet, pushing to ``gateway``: one tenant broken, one waiting for its lock.
+
+    ``while_waiting(tenant)`` runs once the Pushgateway shows that tenant waiting; the lock is
+    released when it returns.
+    """
+    counted(db.migrations, 4, sleep_s=sleep_s)
+    broken, waited = tenants.names[7], tenants.names[3]
+    tenants.query(broken, POISON)
+    args = ("fleet", "--json", "--targets-match", tenants.pattern, "--shards", "2", "--parallel", "8")
+    args += ("--on-error", "continue", "--pushgateway-url", gateway, "--metrics-job", job)
+    started = time.time()
+    with psycopg.connect(tenants.url(waited), autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", [derive_key(waited, "public.migration_history")])
+        shards = [Background(db, *args, env=db.env(JOB_COMPLETION_INDEX=str(index))) for index in (0, 1)]
+        key = f'migration_runner_lock_wait_started_timestamp_seconds{{database="{waited}",instance="",job="{job}"}}'
+        deadline = time.monotonic() + 60
+        while scrape(gateway + "/metrics").get(key, 0) <= 0:
+            assert time.monotonic() < deadline, "the lock wait was never pushed"
+            time.sleep(0.1)
+        while_waiting(waited)
+    results = [shard.finish() for shard in shards]
+    return DashboardRun(job, broken, waited, started, time.time(), results)

@@ -24,7 +24,7 @@ from runner.lock import derive_key
 from runner.targets import from_rows, parse_file, shard_of
 from tests.conftest import Database, Result, parse_events
 from tests.pgcluster import Cluster
-from tests.tenants import POISON, POISON_CHECK, Tenants, counted, created
+from tests.tenants import POISON, POISON_CHECK, Background, Tenants, counted, created
 
 TENANTS = 50
 
@@ -377,7 +377,8 @@ def test_two_shards_in_two_processes_take_every_target_exactly_once(db: Database
     """--shards 2 with JOB_COMPLETION_INDEX 0 and 1, at the same time: each target in exactly one shard, as shard_of says."""
     counted(db.migrations, 3)
     procs = [
-        db.popen(
+        Background(
+            db,
             "fleet",
             "--json",
             "--targets-match",
@@ -388,13 +389,13 @@ def test_two_shards_in_two_processes_take_every_target_exactly_once(db: Database
         )
         for index in (0, 1)
     ]
-    outputs = [proc.communicate(timeout=180) for proc in procs]
-    assert [proc.returncode for proc in procs] == [0, 0], outputs[0][1][-2000:]
-    taken = [{t["target"] for t in json.loads(out)["targets"]} for out, _ in outputs]
+    results = [proc.finish() for proc in procs]
+    assert [result.code for result in results] == [0, 0], results[0].stderr[-2000:]
+    taken = [set(statuses(result)) for result in results]
     assert taken[0] & taken[1] == set()
     assert taken[0] | taken[1] == set(tenants.names)
     for index in (0, 1):
-        assert json.loads(outputs[index][0])["shard"] == index
+        assert summary(results[index])["shard"] == index
         assert taken[index] == {name for name in tenants.names if shard_of(name, 2) == index}
     assert all(tenants.migrated(name, 3) for name in tenants.names)
     out_of_range = db.run(
@@ -417,14 +418,14 @@ def test_sigkill_at_random_moments_then_a_rerun_migrates_every_target_once(db: D
     args = ("fleet", "--targets-match", tenants.pattern, "--parallel", "8")
     for round_ in range(8):
         if round_ % 2 == 0:
-            procs = [db.popen(*args)]
+            procs = [Background(db, *args)]
         else:
-            procs = [db.popen(*args, "--shards", "2", env=db.env(JOB_COMPLETION_INDEX=str(i))) for i in (0, 1)]
+            procs = [Background(db, *args, "--shards", "2", env=db.env(JOB_COMPLETION_INDEX=str(i))) for i in (0, 1)]
         victim = rng.choice(procs)
         time.sleep(rng.uniform(0.3, 2.5))
-        victim.kill()
+        victim.proc.kill()
         for proc in procs:
-            proc.communicate(timeout=120)
+            proc.finish(timeout=120)
     final = fleet(db, "--targets-match", tenants.pattern, "--parallel", "8")
     assert final.code == 0, final.stderr[-3000:]
     assert all(tenants.migrated(name, 5) for name in tenants.names)
@@ -439,7 +440,7 @@ def test_sigterm_interrupts_running_targets_skips_the_rest_and_exits_143(db: Dat
     """SIGTERM mid-fleet: running targets cancel, roll back and record the interruption, no new one starts,
     the summary is printed, no lock is left, exit 143 within seconds."""
     counted(db.migrations, 3, sleep_s={2: 30})
-    proc = db.popen("fleet", "--json", "--targets-match", tenants.pattern, "--parallel", "8")
+    proc = Background(db, "fleet", "--json", "--targets-match", tenants.pattern, "--parallel", "8")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         sleeping = tenants.query(
@@ -452,11 +453,11 @@ def test_sigterm_interrupts_running_targets_skips_the_rest_and_exits_143(db: Dat
             break
         time.sleep(0.1)
     sent = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 143, err[-2000:]
+    proc.proc.send_signal(signal.SIGTERM)
+    result = proc.finish(timeout=30)
+    assert result.code == 143, result.stderr[-2000:]
     assert time.monotonic() - sent < 5
-    report = json.loads(out)
+    report = summary(result)
     assert report["exit_code"] == 143
     assert report["counts"] == {"targets": 50, "done": 0, "failed": 0, "interrupted": 8, "skipped": 42}
     interrupted = [t for t in report["targets"] if t["status"] == "interrupted"]
@@ -467,10 +468,9 @@ def test_sigterm_interrupts_running_targets_skips_the_rest_and_exits_143(db: Dat
         assert tenants.side(t["target"]) == {"001": 1}
     assert {t["error"] for t in report["targets"] if t["status"] == "skipped"} == {"interrupted: SIGTERM"}
     assert tenants.advisory_locks() == 0
-    events = parse_events(err)
-    assert events[-1]["event"] == "run_finished"
-    assert events[-1]["exit_code"] == 143
-    assert any(e["event"] == "migration_aborted" and e["reason"] == "SIGTERM" for e in events)
+    assert result.events[-1]["event"] == "run_finished"
+    assert result.events[-1]["exit_code"] == 143
+    assert result.one("migration_aborted")["reason"] == "SIGTERM"
 
 
 def test_deadline_ends_a_fleet_like_sigterm(db: Database, tenants: Tenants) -> None:
