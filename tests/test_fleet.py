@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -79,14 +80,16 @@ def test_target_file_format(tmp_path: Path) -> None:
         ("tenant_a\n", "targets.txt:1: the target 'tenant_a' has no connection string after its name"),
         ("x postgresql://u:hunter-22@h:notaport/d\n", "targets.txt:1: --targets: port='notaport' is not a valid port"),
         ("host=h password=hunter-22 port=5432 'unterminated\n", "targets.txt:1: --targets: libpq cannot parse it"),
+        (None, "--targets: cannot read"),
     ],
 )
 def test_a_bad_target_file_is_exit_2_naming_the_line_never_the_password(
-    db: Database, tmp_path: Path, text: str, message: str
+    db: Database, tmp_path: Path, text: str | None, message: str
 ) -> None:
-    """A duplicate name, a name alone or a string libpq cannot parse: exit 2 naming the line, no password."""
+    """A duplicate name, a name alone, a string libpq cannot parse, no file: exit 2 naming the line, no password."""
     path = tmp_path / "targets.txt"
-    path.write_text(text)
+    if text is not None:
+        path.write_text(text)
     db.write("001_a.sql", "SELECT 1;\n")
     result = db.run("fleet", "--targets", str(path))
     assert result.code == 2, result.stderr
@@ -102,6 +105,8 @@ def test_registry_rows_need_a_name_and_a_url() -> None:
         from_rows(["name", "url"], [("a", "host=a"), ("b", None)], frozenset(), {})
     with pytest.raises(ConfigError, match=r"must be \(name, url\); it returned the columns \['a', 'b', 'c'\]"):
         from_rows(["a", "b", "c"], [], frozenset(), {})
+    with pytest.raises(ConfigError, match=r"row 1: the target name 'eu\\n1' is empty or not printable"):
+        from_rows(["name", "url"], [("eu\n1", "host=a")], frozenset(), {})
 
 
 def test_shard_assignment_is_a_stable_hash_of_the_name() -> None:
@@ -219,6 +224,9 @@ def test_targets_query_reads_a_tenant_registry_read_only(db: Database, tenants: 
         "fleet", "--targets-query", "SELECT 1, 2", "--connect-timeout", "1s", env=db.env(DATABASE_URL=db.url + "_gone")
     )
     assert unreachable.code == 5
+    lost = db.run("fleet", "--targets-query", "SELECT 'a', pg_terminate_backend(pg_backend_pid())::text")
+    assert lost.code == 5
+    assert "--targets-query: " in lost.one("run_failed")["error"]
 
 
 def test_targets_match_takes_the_servers_databases_but_templates_and_closed_ones(
@@ -487,10 +495,17 @@ def test_deadline_ends_a_fleet_like_sigterm(db: Database, tenants: Tenants) -> N
 
 
 def test_summary_goes_to_stdout_and_logs_to_stderr(db: Database, tenants: Tenants) -> None:
-    """stdout holds the summary alone (JSON parses); every log event is on stderr."""
+    """stdout holds the summary alone (JSON parses); every log event is on stderr, one line per event in the
+    console format too, whichever thread wrote it."""
     counted(db.migrations, 1)
     result = fleet(db, "--targets-match", tenants.pattern)
     assert result.code == 0
     assert summary(result)["counts"]["done"] == 50
     assert not parse_events(result.stdout)
     assert len([e for e in parse_events(result.stderr) if e["event"] == "target_finished"]) == 50
+    console = db.run("fleet", "--targets-match", tenants.pattern, "--parallel", "8", "--log-format", "console")
+    assert console.code == 0
+    ends = [line for line in console.stderr.splitlines() if " target " in line and " done: " in line]
+    assert len(ends) == 50
+    assert all(re.fullmatch(r"\d\d:\d\d:\d\d target \S+ done: 0 applied in \d+ ms .*", line) for line in ends)
+    assert console.stdout.splitlines()[-1].startswith("shard 0 of 1: 50 targets: 50 done, 0 failed")
