@@ -37,11 +37,10 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from bench.__main__ import Sample, run, venv
+from bench.__main__ import RESULTS, Sample, run, save, venv
 from runner.discover import analyse, discover
 from tests.pgcluster import REPO, Cluster
 
-RESULTS = REPO / "bench" / "results"
 MIGRATIONS = REPO / "migrations"
 TEMPLATE = "tenant_tpl"
 
@@ -199,12 +198,8 @@ def main() -> int:
             report = render(samples, server, args, bench.dbmate_count)
     finally:
         cluster.stop()
-    RESULTS.mkdir(exist_ok=True)
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H%MZ")
-    (RESULTS / f"fleet-{stamp}.md").write_text(report)
-    (RESULTS / "fleet-latest.md").write_text(report)
+    save(report, "fleet-")
     plot(samples, args, RESULTS / "fleet-latest.png")
-    print(report)
     return 0
 
 

@@ -322,14 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
     log.info("run_finished", command=command, exit_code=int(exit_code), duration_ms=round(duration_s * 1000), **fields)
     if report is not None:
-        observe.finish(
-            exit_code=int(exit_code),
-            run_duration_s=duration_s,
-            applied=len(report.applied),
-            pending=report.pending,
-            lock_wait_s=report.lock_wait_s,
-            durations_s={m.label: ms / 1000 for m, ms in report.applied},
-        )
+        observe.finish(exit_code=int(exit_code), run_duration_s=duration_s, **report.totals())
     return int(exit_code)
 
 

@@ -286,15 +286,7 @@ class Rollout:
         duration_s = time.monotonic() - started
         if status is Status.FAILED and self.options.on_error == "stop":
             self.stop(f"--on-error stop: {target.name} failed")
-        observe.outcome(
-            run,
-            exit_code=int(code),
-            run_duration_s=duration_s,
-            applied=len(report.applied),
-            pending=report.pending,
-            lock_wait_s=report.lock_wait_s,
-            durations_s={m.label: ms / 1000 for m, ms in report.applied},
-        )
+        observe.outcome(run, exit_code=int(code), run_duration_s=duration_s, **report.totals())
         outcome = Outcome(
             target.name,
             status,

@@ -77,6 +77,14 @@ class Report:
     on_lock_acquired: Callable[[float], None] = lambda _waited: None  # seconds waited
     on_progress: Callable[[float, float | None], None] = lambda _since, _ratio: None  # see observe.progress
 
+    def totals(self) -> observe.Totals:
+        return {
+            "applied": len(self.applied),
+            "pending": self.pending,
+            "lock_wait_s": self.lock_wait_s,
+            "durations_s": {m.label: ms / 1000 for m, ms in self.applied},
+        }
+
 
 def connect(settings: Settings, deadline: float | None = None) -> Conn:
     """An autocommit connection, retried with backoff until ``deadline`` (or ``--connect-timeout``).

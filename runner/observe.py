@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, TextIO, TypedDict
 
 import structlog
 
@@ -348,6 +348,15 @@ def progress(running_since: float, ratio: float | None, run: RunMetrics = RUN) -
     """Record the migration in flight (0: none) and its progress; push them if a gateway is set."""
     run.running_since, run.running_ratio = running_since, ratio
     push(run, "progress", PROGRESS_FAMILIES)
+
+
+class Totals(TypedDict):
+    """What a finished run reports to ``outcome``: applied, pending at the start, lock wait, seconds per version."""
+
+    applied: int
+    pending: int | None
+    lock_wait_s: float
+    durations_s: dict[str, float]
 
 
 def outcome(
