@@ -378,12 +378,17 @@ def main() -> int:
             report = render(bench, samples, sample_runs, args)
         finally:
             cluster.stop()
+    save(report)
+    return 0
+
+
+def save(report: str, prefix: str = "") -> None:
+    """``report`` as ``bench/results/<prefix><UTC time>.md`` and ``<prefix>latest.md``; printed too."""
     RESULTS.mkdir(exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H%MZ")
-    (RESULTS / f"{stamp}.md").write_text(report)
-    (RESULTS / "latest.md").write_text(report)
+    (RESULTS / f"{prefix}{stamp}.md").write_text(report)
+    (RESULTS / f"{prefix}latest.md").write_text(report)
     print(report)
-    return 0
 
 
 def render(

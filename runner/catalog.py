@@ -1,7 +1,8 @@
 """Catalog and statistics queries, about a running backend and about a whole database.
 
 About a backend: who blocks it, what it waits on, how far it is, which locks it holds. About
-a database: its fingerprint, for ``verify``.
+a database: its fingerprint, for ``verify``. About a server: the databases a fleet may migrate;
+and a fleet's own query of its tenant registry, run read-only.
 
 Invariants:
 - Read-only queries on a runner-owned connection; the backend ones are about another
@@ -55,6 +56,14 @@ PROGRESS_SQL = " UNION ALL ".join(
     "WHERE pid = %(pid)s"
     for view, phase, done, total in PROGRESS_VIEWS
 )
+
+
+# Templates, databases that refuse connections and invalid ones (an interrupted DROP DATABASE
+# leaves datconnlimit = -2) cannot be migrated.
+DATABASES_LIKE_SQL = """
+SELECT datname FROM pg_catalog.pg_database
+WHERE datname LIKE %s AND NOT datistemplate AND datallowconn AND datconnlimit <> -2 ORDER BY datname
+"""
 
 
 @dataclass(frozen=True)
@@ -183,3 +192,18 @@ def difference(before: Fingerprint, after: Fingerprint) -> list[str]:
         lines += [f"- {kind} {row}" for row in sorted(old - new, key=repr)]
         lines += [f"+ {kind} {row}" for row in sorted(new - old, key=repr)]
     return lines
+
+
+def databases_like(conn: Conn, pattern: str) -> list[str]:
+    """Names of the server's databases ``LIKE pattern`` that accept connections, templates excluded."""
+    return [name for (name,) in conn.execute(DATABASES_LIKE_SQL, [pattern]).fetchall()]
+
+
+def read_only_rows(conn: Conn, query: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Column names and rows of ``query``, run in a READ ONLY transaction (it cannot write)."""
+    with conn.transaction(force_rollback=True):
+        conn.execute("SET TRANSACTION READ ONLY")
+        cursor = conn.execute(query.encode())
+        if cursor.description is None:
+            return [], []
+        return [column.name for column in cursor.description], cursor.fetchall()

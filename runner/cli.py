@@ -39,10 +39,22 @@ COMMANDS = {
     "lint": "static checks of migration files (idempotency, lock safety, two-phase changes); no database",
     "verify": "apply every migration twice in a scratch database and prove the second pass changes nothing",
     "rehearse": "copy a database (pg_dump) into a scratch database and apply the pending migrations there",
+    "fleet": "migrate many databases (from a file, a registry query or a name pattern): parallel, canary, shards",
+}
+DESCRIPTIONS = {
+    "fleet": "Each target is migrated exactly as migrate does it (its own advisory lock, history "
+    "table and guarantees). Targets: --targets FILE (a line is [NAME] URL; blank lines and # "
+    "comments are ignored; the name defaults to the database name), --targets-query SQL (rows "
+    "(name, url), run read-only on the database URL's database), or --targets-match PATTERN "
+    "(the server's databases LIKE PATTERN, templates excluded). A target's shard is the first 8 "
+    "bytes of SHA-256 of its name modulo --shards. Summary on stdout; one target_finished event "
+    "per target on stderr.",
 }
 EPILOG = """exit codes: 0 done or nothing to do, 1 a migration failed, 2 usage or configuration error,
 3 validation failed, 4 lock not acquired in time, 5 database unreachable or unusable,
-6 wait timed out, 130/143 interrupted by SIGINT/SIGTERM (or --deadline)."""
+6 wait timed out, 7 fleet: a target failed (a retry would fail again), 8 fleet: targets not done only
+because a lock was busy or a database unreachable (retry), 129/130/143 interrupted by
+SIGHUP/SIGINT/SIGTERM (or --deadline)."""
 
 
 def add_options(command: argparse.ArgumentParser, name: str) -> None:
@@ -58,7 +70,7 @@ def add_options(command: argparse.ArgumentParser, name: str) -> None:
             )
         else:
             command.add_argument(f"--{option.name}", help=f"{option.help} [{variables}{default}]")
-    if name == "status":
+    if name in {"status", "fleet"}:
         command.add_argument("--json", action="store_true", help="print JSON instead of a table")
     elif name == "new":
         command.add_argument("name", help="description in lower_snake_case")
@@ -89,7 +101,8 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"migration-runner {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in COMMANDS.items():
-        command = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG)
+        description = f"{help_text}. {DESCRIPTIONS[name]}" if name in DESCRIPTIONS else help_text
+        command = sub.add_parser(name, help=help_text, description=description, epilog=EPILOG)
         if selected in {None, name}:
             add_options(command, name)
     return parser
@@ -164,6 +177,11 @@ def print_status(report: dict[str, object], as_json: bool) -> None:
 def run(settings: config.Settings, args: argparse.Namespace, report: Report | None) -> None:
     """Run one command; raises ``RunnerError`` or ``Interrupted`` on failure."""
     command = settings.command
+    if command == "fleet":
+        from runner import fleet  # noqa: PLC0415 - only fleet needs threads and target sources
+
+        fleet.command(settings, as_json=args.json)
+        return
     from runner import commands, migrate  # noqa: PLC0415 - every other command needs the orchestrator
 
     if command not in {"validate", "new"}:
@@ -328,14 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
     log.info("run_finished", command=command, exit_code=int(exit_code), duration_ms=round(duration_s * 1000), **fields)
     if report is not None:
-        observe.finish(
-            exit_code=int(exit_code),
-            run_duration_s=duration_s,
-            applied=len(report.applied),
-            pending=report.pending,
-            lock_wait_s=report.lock_wait_s,
-            durations_s={m.label: ms / 1000 for m, ms in report.applied},
-        )
+        observe.finish(exit_code=int(exit_code), run_duration_s=duration_s, **report.totals())
     return int(exit_code)
 
 

@@ -27,9 +27,11 @@ from urllib.parse import quote
 from runner import __version__
 from runner.errors import ConfigError
 
-DATABASE = frozenset({"migrate", "status", "validate", "baseline", "repair", "wait", "verify", "rehearse"})
-LOCKING = frozenset({"migrate", "baseline", "repair"})
-EXECUTING = frozenset({"migrate", "verify", "rehearse"})
+DATABASE = frozenset({"migrate", "status", "validate", "baseline", "repair", "wait", "verify", "rehearse", "fleet"})
+LOCKING = frozenset({"migrate", "baseline", "repair", "fleet"})
+EXECUTING = frozenset({"migrate", "verify", "rehearse", "fleet"})
+MIGRATING = frozenset({"migrate", "fleet"})
+FLEET = frozenset({"fleet"})
 EVERY = frozenset({*DATABASE, "new", "lint"})
 
 
@@ -88,22 +90,36 @@ OPTIONS: tuple[Option, ...] = (
     _option("statement-timeout", "0", "statement_timeout of each migration (SET LOCAL); 0 disables", EXECUTING),
     _option("role", None, "run every migration as this role (SET ROLE): it owns what they create", EXECUTING),
     _option("deadline", "0", "overall time limit of the run; on expiry behave as on SIGTERM; 0 disables", DATABASE),
-    _option("target", None, "stop after this version", frozenset({"migrate"})),
+    _option("target", None, "stop after this version", MIGRATING),
     _option(
         "strict",
         "false",
         "treat applied migrations with no file as an error (exit 3)",
-        frozenset({"migrate", "validate", "status", "wait"}),
+        frozenset({"migrate", "validate", "status", "wait", "fleet"}),
         switch=True,
+    ),
+    _option("targets", None, "file of targets: a libpq URL or key=value string a line, optionally after a name", FLEET),
+    _option("targets-query", None, "SQL run on the database URL's database; its rows are (name, url) targets", FLEET),
+    _option("targets-match", None, "every database of the database URL's server whose name is LIKE this", FLEET),
+    _option("parallel", "4", "migrate this many targets at once", FLEET),
+    _option("canary", "0", "run the first K targets alone first; if one is not done, start no other", FLEET),
+    _option("on-error", "stop", "after a target fails: stop (start no new target) or continue", FLEET),
+    _option("shards", "1", "split the targets into this many shards (stable hash of the name)", FLEET),
+    _option(
+        "shard-index",
+        None,
+        "the shard this process migrates, 0..shards-1 (Kubernetes Indexed Jobs set JOB_COMPLETION_INDEX)",
+        FLEET,
+        "JOB_COMPLETION_INDEX",
     ),
     _option("wait-timeout", "600s", "give up after this long (exit 6)", frozenset({"wait"})),
     _option(
         "pushgateway-url",
         None,
         "push metrics to this Pushgateway (when the lock wait starts, and at the end)",
-        frozenset({"migrate"}),
+        MIGRATING,
     ),
-    _option("metrics-job", "migration-runner", "the job label of pushed metrics", frozenset({"migrate"})),
+    _option("metrics-job", "migration-runner", "the job label of pushed metrics", MIGRATING),
     _option("metrics-port", None, "serve /metrics on this port while the run lasts", frozenset({"migrate"})),
     _option("metrics-linger", "0", "keep serving /metrics this long after the run ends", frozenset({"migrate"})),
     _option(
@@ -142,6 +158,20 @@ LOCK_KEY_RANGE = (-(2**63), 2**63 - 1)
 
 
 @dataclass(frozen=True)
+class FleetSettings:
+    """``fleet``'s own settings: one target source, the rollout, the shard (``0 <= shard_index < shards``)."""
+
+    targets_file: Path | None
+    targets_query: str | None
+    targets_match: str | None
+    parallel: int
+    canary: int
+    on_error: str  # stop or continue
+    shards: int
+    shard_index: int
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything a command needs; built by ``load`` and never changed."""
 
@@ -176,6 +206,7 @@ class Settings:
     application_name: str
     database_label: str
     secrets: frozenset[str] = field(repr=False)
+    fleet: FleetSettings | None = None  # for the fleet command only
 
 
 def parse_duration(name: str, value: str) -> float:
@@ -392,6 +423,32 @@ def load(command: str, flags: Mapping[str, object], environ: Mapping[str, str] |
         application_name=application_name(env),
         database_label=database_label(params, env),
         secrets=secrets,
+        fleet=fleet_settings(raw) if command == "fleet" else None,
+    )
+
+
+def fleet_settings(raw: Mapping[str, str | None]) -> FleetSettings:
+    """Exactly one target source; a shard index in range, required when there is more than one shard."""
+    sources = [name for name in ("targets", "targets-query", "targets-match") if raw[name]]
+    if len(sources) != 1:
+        given = f" (given: {', '.join('--' + name for name in sources)})" if sources else ""
+        raise ConfigError(f"fleet: give exactly one of --targets, --targets-query, --targets-match{given}")
+    on_error = raw["on-error"] or ""
+    if on_error not in {"stop", "continue"}:
+        raise ConfigError(f"--on-error: {on_error!r} is not stop or continue")
+    shards = parse_int("shards", raw["shards"] or "", (1, 100000))
+    index = raw["shard-index"]
+    if index is None and shards > 1:
+        raise ConfigError(f"--shards {shards}: say which shard this is (--shard-index, or JOB_COMPLETION_INDEX)")
+    return FleetSettings(
+        targets_file=Path(raw["targets"]) if raw["targets"] else None,
+        targets_query=raw["targets-query"],
+        targets_match=raw["targets-match"],
+        parallel=parse_int("parallel", raw["parallel"] or "", (1, 128)),
+        canary=parse_int("canary", raw["canary"] or "", (0, 2**31 - 1)),
+        on_error=on_error,
+        shards=shards,
+        shard_index=parse_int("shard-index", index or "0", (0, shards - 1)),
     )
 
 

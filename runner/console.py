@@ -17,6 +17,7 @@ Invariants:
 from __future__ import annotations
 
 import shutil
+import threading
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -91,6 +92,10 @@ PHRASES: dict[str, tuple[Callable[[Mapping[str, Any]], str], set[str]]] = {
     "lock_acquired": (lambda e: f"lock acquired after {_ms(e, 'lock_wait_ms')}", {"lock_wait_ms", "lock_key"}),
     "lock_released": (lambda _e: "lock released", {"lock_key", "released"}),
     "history_table_ready": (lambda e: f"history table {e.get('table')} ready", {"table"}),
+    "target_finished": (
+        lambda e: f"target {e.get('target')} {e.get('status')}: {e.get('applied')} applied in {_ms(e, 'duration_ms')}",
+        {"target", "status", "applied", "duration_ms"},
+    ),
     "run_finished": (
         lambda e: f"{e.get('command')} finished: exit {e.get('exit_code')} after {_ms(e, 'duration_ms')}",
         {"command", "exit_code", "duration_ms"},
@@ -135,24 +140,29 @@ class Renderer:
 
 
 class Writer:
-    """Writes ``Line`` values: a live line is rewritten in place, cleared before the next event."""
+    """Writes ``Line`` values: a live line is rewritten in place, cleared before the next event.
+
+    One line at a time, whichever thread logs it (a fleet's workers).
+    """
 
     def __init__(self, stream: TextIO, *, live: bool) -> None:
         self.stream, self.live = stream, live
         self.showing = False
         self.width = shutil.get_terminal_size((100, 24)).columns - 1  # a live line must not wrap
+        self.lock = threading.Lock()  # a fleet's workers log from several threads
 
     def msg(self, line: Line | str) -> None:
         if not isinstance(line, Line):
             line = Line(str(line))
-        clear = "\r\x1b[K" if self.showing else ""
-        if line.transient and self.live:
-            self.stream.write(f"{clear}{_clip(line.text.splitlines()[0], self.width)}")
-            self.showing = True
-        else:
-            self.stream.write(f"{clear}{line.text}\n")
-            self.showing = False
-        self.stream.flush()
+        with self.lock:
+            clear = "\r\x1b[K" if self.showing else ""
+            if line.transient and self.live:
+                self.stream.write(f"{clear}{_clip(line.text.splitlines()[0], self.width)}")
+                self.showing = True
+            else:
+                self.stream.write(f"{clear}{line.text}\n")
+                self.showing = False
+            self.stream.flush()
 
     debug = info = warning = error = critical = msg
 

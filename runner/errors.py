@@ -21,6 +21,8 @@ class ExitCode(IntEnum):
     LOCK_TIMEOUT = 4
     DATABASE = 5
     WAIT_TIMEOUT = 6
+    FLEET_FAILED = 7
+    FLEET_RETRY = 8
     SIGHUP = 129
     SIGINT = 130
     SIGTERM = 143
@@ -86,6 +88,18 @@ class WaitTimeout(RunnerError):
     """``wait`` gave up before every known migration was applied."""
 
     exit_code = ExitCode.WAIT_TIMEOUT
+
+
+class FleetIncomplete(RunnerError):
+    """A fleet run ended with targets not done.
+
+    ``FLEET_FAILED`` if one failed in a way a retry repeats, else ``FLEET_RETRY`` (only lock
+    timeouts and unreachable databases).
+    """
+
+    def __init__(self, message: str, exit_code: ExitCode) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class MigrationFailed(RunnerError):

@@ -79,6 +79,14 @@ class Report:
     on_lock_acquired: Callable[[float], None] = lambda _waited: None  # seconds waited
     on_progress: Callable[[float, float | None], None] = lambda _since, _ratio: None  # see observe.progress
 
+    def totals(self) -> observe.Totals:
+        return {
+            "applied": len(self.applied),
+            "pending": self.pending,
+            "lock_wait_s": self.lock_wait_s,
+            "durations_s": {m.label: ms / 1000 for m, ms in self.applied},
+        }
+
 
 def connect(
     settings: Settings, deadline: float | None = None, before_waiting: Callable[[], None] = lambda: None
@@ -275,6 +283,13 @@ class Parsed:
     def __init__(self, migrations: list[Migration]) -> None:
         self.migrations = migrations
         self.analyses: dict[str, Analysis] = {}
+
+    @classmethod
+    def read(cls, settings: Settings) -> Parsed:
+        """Every file of the directory, checksummed and parsed: ready to apply anywhere (fleets)."""
+        parsed = cls(discover(settings.migrations_dir))
+        parsed.everything()
+        return parsed
 
     def everything(self) -> None:
         if len(self.analyses) < len(self.migrations):
@@ -474,10 +489,14 @@ class AppliedThenInterrupted(Exception):
         self.duration_ms, self.cause = duration_ms, cause
 
 
-def migrate(settings: Settings, report: Report) -> Report:
-    """Apply pending migrations; see the module docstring. ``report`` is filled in as it goes."""
-    migrations = discover(settings.migrations_dir)
-    parsed = Parsed(migrations)
+def migrate(settings: Settings, report: Report, parsed: Parsed | None = None) -> Report:
+    """Apply pending migrations; see the module docstring. ``report`` is filled in as it goes.
+
+    ``parsed`` saves step 1 when the caller read the files already (a fleet reads and parses
+    them once for all its targets).
+    """
+    parsed = parsed or Parsed(discover(settings.migrations_dir))
+    migrations = parsed.migrations
     deadline = time.monotonic() + settings.lock_wait_timeout
     with ExitStack() as stack:
         locked = Locked(settings, stack, deadline, report, parsed.everything)
@@ -493,6 +512,7 @@ def migrate(settings: Settings, report: Report) -> Report:
             failed_before=[row.name for row in plan.failed],
         )
         for migration in plan.pending:
+            checkpoint()  # a fleet's stop request: start no further migration
             try:
                 duration_ms = apply_one(locked, migration, analyses[migration.name], settings, report)
             except MigrationFailed as exc:

@@ -5,11 +5,13 @@ Invariants:
   (or as configured), with an
   ISO-8601 UTC ``timestamp``, ``level``, a stable snake_case ``event`` and the process's
   ``run_id``; ``bind`` adds fields (``database``) to every later line.
-- The ``scrub`` callable given to ``configure`` is applied to every string value, nested or
-  not, before rendering: no password reaches a log line.
-- Metrics describe one run (``RUN``) and are delivered by ``push`` (push-add to a Pushgateway,
-  grouping key ``job`` and ``database``, no instance label), ``serve`` and ``finish``. A failed
-  delivery is logged and never changes the exit code; pushes time out after a few seconds.
+- The ``scrub`` callable given to ``configure`` (or later to ``rescrub``) is applied to every
+  string value, nested or not, before rendering: no password reaches a log line.
+- Metrics describe one run (``RUN``; a fleet has one ``RunMetrics`` per target) and are
+  delivered by ``push`` (push-add to a Pushgateway, grouping key ``job`` and ``database``, no
+  instance label), ``serve`` and ``finish``. A fleet's own counts (``FleetMetrics``) go to the
+  group ``job`` and ``shard``. A failed delivery is logged and never changes the exit code;
+  pushes time out after a few seconds.
 - prometheus_client is imported only when metrics are delivered (start-up cost).
 """
 
@@ -20,7 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, TextIO, TypedDict
 
 import structlog
 
@@ -29,6 +31,7 @@ from runner import console
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 RUN_ID = os.urandom(8).hex()
 LIVE = False  # console format at a terminal: progress is a live line, refreshed often
+SCRUB: list[Callable[[str], str]] = [lambda text: text]  # [the scrub of every event], set by configure/rescrub
 
 
 def _scrub_value(value: object, scrub: Callable[[str], str]) -> object:
@@ -66,12 +69,13 @@ def configure(*, fmt: str | None, level: str, scrub: Callable[[str], str], strea
         renderer = console.Renderer(colour=terminal and not os.environ.get("NO_COLOR"))
         factory = console.WriterFactory(console.Writer(out, live=terminal))
     LIVE = terminal and not json
+    rescrub(scrub)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            scrubber(scrub),
+            scrubber(lambda text: SCRUB[0](text)),  # noqa: PLW0108 - late: rescrub replaces SCRUB[0]
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
@@ -80,6 +84,11 @@ def configure(*, fmt: str | None, level: str, scrub: Callable[[str], str], strea
     )
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(run_id=RUN_ID)
+
+
+def rescrub(scrub: Callable[[str], str]) -> None:
+    """Scrub every later event with ``scrub`` (a fleet learns its targets' passwords after start-up)."""
+    SCRUB[0] = scrub
 
 
 def bind(**fields: object) -> None:
@@ -98,7 +107,7 @@ def live() -> bool:
 
 @dataclass
 class RunMetrics:
-    """The Prometheus view of one run (one per process). Timestamps, not ages.
+    """The Prometheus view of one run of one database (``RUN``, or a fleet's target). Timestamps, not ages.
 
     ``families(only)`` renders the current state; a value that is not known yet (the outcome
     before the end, a success time after a failure) is left out rather than exported as 0, so
@@ -165,13 +174,20 @@ METRIC_HELP = {
     "last_exit_code": "Exit code of the last run.",
     "running_migration_started_timestamp_seconds": "Unix time the migration in flight started; 0 when none runs.",
     "running_migration_progress_ratio": "Progress of the migration in flight as PostgreSQL reports it (0 to 1).",
+    "fleet_targets": "Targets of this shard in the current or last fleet run.",
+    "fleet_targets_ok": "Targets of this shard done (everything applied) in the current or last fleet run.",
+    "fleet_targets_failed": "Targets of this shard that failed or were interrupted in the current or last fleet run.",
+    "fleet_targets_skipped": "Targets of this shard not started (canary failed, --on-error stop, interrupted).",
+    "fleet_run_started_timestamp_seconds": "Unix time the current or last fleet run of this shard started.",
+    "fleet_last_run_timestamp_seconds": "Unix time the last fleet run of this shard ended.",
+    "fleet_last_exit_code": "Exit code of the last fleet run of this shard.",
 }
 PROGRESS_FAMILIES = frozenset({"running_migration_started_timestamp_seconds", "running_migration_progress_ratio"})
 LOCK_WAIT_FAMILIES = frozenset({"lock_wait_started_timestamp_seconds"})
 
 
 class _Collector:
-    def __init__(self, metrics: RunMetrics, only: frozenset[str] | None) -> None:
+    def __init__(self, metrics: RunMetrics | FleetMetrics, only: frozenset[str] | None) -> None:
         self.metrics, self.only = metrics, only
 
     def collect(self) -> Iterator[Any]:
@@ -193,7 +209,7 @@ RUN = RunMetrics()  # this process's run; a fleet has one ``RunMetrics`` per tar
 DELIVERY = Delivery()
 
 
-def registry(run: RunMetrics, only: frozenset[str] | None = None) -> Any:
+def registry(run: RunMetrics | FleetMetrics, only: frozenset[str] | None = None) -> Any:
     from prometheus_client import CollectorRegistry  # noqa: PLC0415
 
     reg = CollectorRegistry(auto_describe=False)
@@ -203,6 +219,12 @@ def registry(run: RunMetrics, only: frozenset[str] | None = None) -> Any:
 
 def push(run: RunMetrics, phase: str, only: frozenset[str] | None = None) -> None:
     """Push-add ``run``'s metrics (or ``only`` those) to its Pushgateway group; never raises."""
+    _pushadd(run.job, {"database": run.database}, run, phase, only)
+
+
+def _pushadd(
+    job: str, grouping_key: dict[str, str], metrics: RunMetrics | FleetMetrics, phase: str, only: frozenset[str] | None
+) -> None:
     if not DELIVERY.pushgateway_url:
         return
     from prometheus_client import pushadd_to_gateway  # noqa: PLC0415
@@ -210,13 +232,56 @@ def push(run: RunMetrics, phase: str, only: frozenset[str] | None = None) -> Non
     try:
         pushadd_to_gateway(
             DELIVERY.pushgateway_url,
-            job=run.job,
-            grouping_key={"database": run.database},
-            registry=registry(run, only),
+            job=job,
+            grouping_key=grouping_key,
+            registry=registry(metrics, only),
             timeout=DELIVERY.push_timeout_s,
         )
     except Exception as exc:  # noqa: BLE001 - a monitoring outage must never fail a migration
         logger().warning("metrics_push_failed", phase=phase, error=str(exc))
+
+
+@dataclass
+class FleetMetrics:
+    """The Prometheus view of one fleet run of one shard: its targets counted by outcome.
+
+    Pushed to the group ``job`` and ``shard`` (never ``database``: a fleet is not one database).
+    ``failed`` counts interrupted targets too (their databases pushed a failure); the last
+    run's end and exit code are left out until it ends, so a run in flight keeps the last ones.
+    """
+
+    job: str
+    shard: int
+    targets: int = 0
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    started_at: float = 0.0
+    finished_at: float | None = None
+    exit_code: int | None = None
+
+    def families(self, only: frozenset[str] | None = None) -> list[Any]:
+        from prometheus_client.core import GaugeMetricFamily  # noqa: PLC0415 - loaded only to export
+
+        values: dict[str, float | None] = {
+            "fleet_targets": float(self.targets),
+            "fleet_targets_ok": float(self.ok),
+            "fleet_targets_failed": float(self.failed),
+            "fleet_targets_skipped": float(self.skipped),
+            "fleet_run_started_timestamp_seconds": self.started_at,
+            "fleet_last_run_timestamp_seconds": self.finished_at,
+            "fleet_last_exit_code": None if self.exit_code is None else float(self.exit_code),
+        }
+        return [
+            GaugeMetricFamily(f"{PREFIX}{name}", METRIC_HELP[name], value=value)
+            for name, value in values.items()
+            if value is not None and (only is None or name in only)
+        ]
+
+
+def push_fleet(fleet: FleetMetrics, phase: str) -> None:
+    """Push-add a fleet's counts to the group ``job``/``shard``; never raises."""
+    _pushadd(fleet.job, {"shard": str(fleet.shard)}, fleet, phase, None)
 
 
 def serve() -> None:
@@ -250,6 +315,15 @@ def progress(running_since: float, ratio: float | None, run: RunMetrics = RUN) -
     """Record the migration in flight (0: none) and its progress; push them if a gateway is set."""
     run.running_since, run.running_ratio = running_since, ratio
     push(run, "progress", PROGRESS_FAMILIES)
+
+
+class Totals(TypedDict):
+    """What a finished run reports to ``outcome``: applied, pending at the start, lock wait, seconds per version."""
+
+    applied: int
+    pending: int | None
+    lock_wait_s: float
+    durations_s: dict[str, float]
 
 
 def outcome(

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ import pytest
 from tests.pgcluster import free_port
 
 RULES = Path(__file__).resolve().parent.parent / "deploy" / "prometheus" / "migration-runner-rules.yaml"
+FLEET_RULES = RULES.with_name("migration-runner-fleet-rules.yaml")
 
 
 def binary(name: str) -> str:
@@ -80,14 +82,14 @@ def pushgateway() -> Iterator[str]:
 
 @contextmanager
 def prometheus(pushgateway_url: str, workdir: Path) -> Iterator[str]:
-    """Prometheus scraping the Pushgateway every second with the alert rules loaded."""
+    """Prometheus scraping the Pushgateway every second with the alert rules (fleet rules too) loaded."""
     port = free_port()
     config = workdir / "prometheus.yml"
     config.write_text(
         json.dumps(
             {
                 "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                "rule_files": [str(RULES)],
+                "rule_files": [str(RULES), str(FLEET_RULES)],
                 "scrape_configs": [
                     {
                         "job_name": "pushgateway",
@@ -112,6 +114,13 @@ def prometheus(pushgateway_url: str, workdir: Path) -> Iterator[str]:
 def alerts(prometheus_url: str) -> list[dict[str, Any]]:
     body = json.loads(http_get(prometheus_url + "/api/v1/alerts"))
     return list(body["data"]["alerts"])
+
+
+def query(prometheus_url: str, expr: str) -> list[dict[str, Any]]:
+    """The instant vector of ``expr`` now: [{"metric": labels, "value": [time, "value"]}, ...]."""
+    body = json.loads(http_get(prometheus_url + "/api/v1/query?" + urllib.parse.urlencode({"query": expr})))
+    assert body["status"] == "success", body
+    return list(body["data"]["result"])
 
 
 def scrape(url: str) -> dict[str, float]:

@@ -16,17 +16,18 @@ from runner.lock import derive_key
 from runner.observe import scrubber
 from tests.conftest import Database, parse_events
 from tests.pgcluster import free_port
-from tests.services import RULES, alerts, binary, http_get, prometheus, pushgateway, scrape
+from tests.services import FLEET_RULES, RULES, alerts, binary, http_get, prometheus, pushgateway, scrape
 
 ISO_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d+Z$")
 CREATE_A = "CREATE TABLE IF NOT EXISTS a (id int PRIMARY KEY);\n"
 
 
-def test_promtool_checks_and_unit_tests_the_rules() -> None:
-    """promtool check rules and promtool test rules pass on the shipped rules."""
+@pytest.mark.parametrize("rules", [RULES, FLEET_RULES], ids=["rules", "fleet-rules"])
+def test_promtool_checks_and_unit_tests_the_rules(rules: Path) -> None:
+    """promtool check rules and promtool test rules pass on the shipped rules (and the fleet rules)."""
     promtool = binary("promtool")
-    subprocess.run([promtool, "check", "rules", str(RULES)], check=True, capture_output=True)
-    tests = RULES.with_name("migration-runner-rules.test.yaml")
+    subprocess.run([promtool, "check", "rules", str(rules)], check=True, capture_output=True)
+    tests = rules.with_suffix(".test.yaml")
     result = subprocess.run([promtool, "test", "rules", str(tests)], capture_output=True, text=True, cwd=RULES.parent)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout + result.stderr
