@@ -10,7 +10,8 @@ Invariants:
   never a Python ``repr``.
 - Colour (ANSI) only when asked for, which the caller does only for a terminal and never
   when ``NO_COLOR`` is set. Only ASCII is written, whatever the terminal's encoding.
-- ``migration_progress`` at a terminal is a live line, rewritten in place until the next event.
+- ``migration_progress`` and ``batch_progress`` at a terminal are a live line, rewritten in
+  place until the next event.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any, TextIO
 HIDDEN = {"timestamp", "level", "event", "run_id", "database", "runner_version"}
 RED, YELLOW, GREEN, DIM, BOLD, RESET = "\x1b[31m", "\x1b[33m", "\x1b[32m", "\x1b[2m", "\x1b[1m", "\x1b[0m"
 BAR_WIDTH = 20
+LIVE_EVENTS = {"migration_progress", "batch_progress"}
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,14 @@ PHRASES: dict[str, tuple[Callable[[Mapping[str, Any]], str], set[str]]] = {
         lambda e: f"running  {e.get('migration')}  {_ms(e, 'elapsed_ms')}  {_bar(e.get('percent'))}".rstrip(),
         {"migration", "version", "checksum", "elapsed_ms", "percent"},
     ),
+    "batch_progress": (
+        lambda e: (
+            f"batches  {e.get('migration')}  {e.get('rows_done', 0):,} rows  {e.get('rows_per_s', 0):,} rows/s"
+            + (f"  {e['remaining_s']:.0f} s left" if isinstance(e.get("remaining_s"), int | float) else "")
+            + f"  {_bar(e.get('percent'))}"
+        ).rstrip(),
+        {"migration", "version", "rows_done", "rows_per_s", "remaining_s", "percent"},
+    ),
     "lock_acquired": (lambda e: f"lock acquired after {_ms(e, 'lock_wait_ms')}", {"lock_wait_ms"}),
     "run_finished": (
         lambda e: f"{e.get('command')} finished: exit {e.get('exit_code')} after {_ms(e, 'duration_ms')}",
@@ -113,7 +123,7 @@ class Renderer:
             text += "  " + " ".join(f"{key}={value(item)}" for key, item in fields.items())
         if event.get("error") is not None:
             text += "\n    " + self.paint(value(event["error"]), RED if level == "error" else YELLOW)
-        line = Line(text.encode("ascii", "replace").decode(), transient=name == "migration_progress")
+        line = Line(text.encode("ascii", "replace").decode(), transient=name in LIVE_EVENTS)
         return (line,), {}
 
 

@@ -152,6 +152,9 @@ class RunMetrics:
     exit_code: int | None = None
     running_since: float = 0.0  # Unix time the migration in flight started; 0 when none runs
     running_ratio: float | None = None  # its progress as PostgreSQL reports it, 0..1
+    batch_rows_done: float | None = None  # the batched data file in flight (or last done): rows covered
+    batch_rows_per_second: float | None = None
+    batch_remaining_seconds: float | None = None
 
     def families(self, only: frozenset[str] | None = None) -> list[Any]:
         from prometheus_client.core import GaugeMetricFamily  # noqa: PLC0415 - loaded only to export
@@ -167,6 +170,9 @@ class RunMetrics:
             "last_exit_code": None if self.exit_code is None else float(self.exit_code),
             "running_migration_started_timestamp_seconds": self.running_since,
             "running_migration_progress_ratio": self.running_ratio,
+            "batch_rows_done": self.batch_rows_done,
+            "batch_rows_per_second": self.batch_rows_per_second,
+            "batch_remaining_seconds": self.batch_remaining_seconds,
         }
         families = []
         for name, value in values.items():
@@ -198,8 +204,12 @@ METRIC_HELP = {
     "last_exit_code": "Exit code of the last run.",
     "running_migration_started_timestamp_seconds": "Unix time the migration in flight started; 0 when none runs.",
     "running_migration_progress_ratio": "Progress of the migration in flight as PostgreSQL reports it (0 to 1).",
+    "batch_rows_done": "Rows of its table the batched data file in flight (or last run) has covered.",
+    "batch_rows_per_second": "Rows per second the batched data file in flight covers, over this run.",
+    "batch_remaining_seconds": "Estimated seconds until the batched data file in flight is done.",
 }
 PROGRESS_FAMILIES = frozenset({"running_migration_started_timestamp_seconds", "running_migration_progress_ratio"})
+BATCH_FAMILIES = frozenset({"batch_rows_done", "batch_rows_per_second", "batch_remaining_seconds"})
 LOCK_WAIT_FAMILIES = frozenset({"lock_wait_started_timestamp_seconds"})
 
 
@@ -283,6 +293,12 @@ def progress(running_since: float, ratio: float | None) -> None:
     """Record the migration in flight (0: none) and its progress; push them if a gateway is set."""
     RUN.running_since, RUN.running_ratio = running_since, ratio
     push("progress", PROGRESS_FAMILIES)
+
+
+def batch_progress(rows_done: float, rate: float, remaining_s: float | None) -> None:
+    """Record a batched data file's progress (rows, rows per second, seconds left); push it if a gateway is set."""
+    RUN.batch_rows_done, RUN.batch_rows_per_second, RUN.batch_remaining_seconds = rows_done, rate, remaining_s
+    push("batch_progress", BATCH_FAMILIES)
 
 
 def finish(
