@@ -149,6 +149,8 @@ def print_status(report: dict[str, object], as_json: bool) -> None:
             line += f"  (recorded as {row['recorded_as']})"
         if row["error"]:
             line += f"\n{'':<8} error: {row['error'].strip().splitlines()[0][:160]}"
+        if row["progress"]:
+            line += f"\n{'':<8} {row['progress']}"
         print(line)
     counts = report["counts"]
     assert isinstance(counts, dict)

@@ -6,6 +6,7 @@ Throttling tests assert what the runner decided (the sizes and pauses in its eve
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import random
@@ -258,8 +259,8 @@ def test_composite_key_insert_select_and_keys_as_text(db: Database) -> None:
 
 
 def test_a_failing_batch_keeps_the_committed_ones_and_names_the_line(db: Database) -> None:
-    """Division by zero in batch 6: exit 1, a failure row with SQLSTATE and line, batches 1-5 stay;
-    once the data is fixed the next run resumes after batch 5."""
+    """Division by zero in batch 6: exit 1, a failure row with SQLSTATE and line, batches 1-5 stay; status shows where
+    it stands; once the data is fixed the next run resumes after batch 5."""
     rows_table(db, 100)
     db.query("UPDATE t SET bad = 0 WHERE id = 55")
     db.write("001_backfill.sql", "-- runner: batch batch-size=10\n\nUPDATE t\nSET n = n + 1 / bad;\n")
@@ -273,11 +274,16 @@ def test_a_failing_batch_keeps_the_committed_ones_and_names_the_line(db: Databas
     assert success is False
     assert "SQLSTATE 22012" in message
     assert "(line 3)" in message
+    status = db.run("status")
+    assert "in progress: 50 rows in 5 batches, resumes after key (50)" in status.stdout
+    (row,) = json.loads(db.run("status", "--json").stdout)["migrations"]
+    assert (row["state"], row["progress"]) == ("failed", "in progress: 50 rows in 5 batches, resumes after key (50)")
     db.query("UPDATE t SET bad = 1")
     resumed = migrate(db)
     assert resumed.code == 0
     assert resumed.one("batch_started")["resume_after"] == ["50"]
     assert counts(db) == {1: 100}
+    assert json.loads(db.run("status", "--json").stdout)["migrations"][0]["progress"] is None
 
 
 def follows_the_rule(result: Result, first: int, target_ms: float, low: int, high: int) -> list[int]:
@@ -623,7 +629,7 @@ def test_sigkill_at_random_moments_processes_every_row_once(db: Database) -> Non
     batch_file(db, "batch-size=40 pause=10ms", "UPDATE t SET n = n + 1 WHERE pg_sleep(0.0002) IS NOT NULL;")
     rng = random.Random(20261202)
     mid_run = 0
-    for _trial in range(10):
+    for trial in range(10):
         proc = db.popen("migrate")
         time.sleep(rng.uniform(0.3, 1.1))
         proc.kill()
@@ -639,6 +645,10 @@ def test_sigkill_at_random_moments_processes_every_row_once(db: Database) -> Non
             (5000 if done.finished else last, 1, 5000 if done.finished else last)
         ]
         mid_run += not done.finished
+        if trial == 0:
+            (row,) = json.loads(db.run("status", "--json").stdout)["migrations"]
+            assert row["state"] == "pending"
+            assert row["progress"].startswith(f"in progress: {done.rows_done:,} rows")
     assert mid_run >= 5
     final = migrate(db)
     assert final.code == 0, final.stderr
