@@ -709,6 +709,37 @@ def test_progress_is_a_metric_and_a_live_line(db: Database, tmp_path: Path) -> N
     assert "[####################] 100%" in result.stderr
 
 
+def test_verify_shows_a_batch_file_idempotent_or_not(db: Database) -> None:
+    """verify applies a batch file twice in batches: WHERE x IS NULL passes; n = n + 1 is reported with its table."""
+    db.write(
+        "001_table.sql",
+        "CREATE TABLE IF NOT EXISTS t (id int PRIMARY KEY, n int NOT NULL DEFAULT 0, x int);\n"
+        "INSERT INTO t (id) SELECT g FROM generate_series(1, 30) g ON CONFLICT DO NOTHING;\n",
+    )
+    batch_file(db, "batch-size=7", "UPDATE t SET x = id * 2 WHERE x IS NULL;", name="002_backfill.sql")
+    passed = db.run("verify")
+    assert passed.code == 0, passed.stdout + passed.stderr
+    assert "verified" in passed.stdout
+    batch_file(db, "batch-size=7", "UPDATE t SET n = n + 1;", name="002_backfill.sql")
+    found = db.run("verify")
+    assert found.code == 3
+    assert "002_backfill.sql: second application changed the database:" in found.stdout
+    assert "~ rows of t: the second application changed them" in found.stdout
+
+
+def test_rehearse_runs_a_batch_file_in_batches(db: Database) -> None:
+    """rehearse on a copy applies a pending batch file as migrate would: rows counted, row locks only."""
+    rows_table(db, 45)
+    batch_file(db, "batch-size=10", "UPDATE t SET n = n + 1 WHERE id <= 30;")
+    env = db.env(RUNNER_FROM_URL=db.url, RUNNER_PG_BIN=str(db.cluster.bindir))
+    result = db.run("rehearse", "--format", "json", env=env)
+    assert result.code == 0, result.stdout + result.stderr
+    (report,) = json.loads(result.stdout)
+    assert report["rows_touched"] == 30
+    assert report["locks"].get("public.t") in {None, "RowExclusiveLock"}
+    assert counts(db) == {0: 45}
+
+
 def test_release_0_1_0_refuses_a_batch_file(db: Database, release_0_1_0: Path) -> None:  # noqa: F811
     """Rolling upgrade: a 0.1.0 runner refuses a batch file (unknown directive, exit 3) and applies nothing."""
     rows_table(db, 10)
