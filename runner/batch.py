@@ -490,16 +490,10 @@ class Batches:
                 self.migration.name, f"COMMIT failed: {error.message}", sqlstate=error.sqlstate, line=None
             )
         where = history.batches_table(self.table).qualified
-        if error.sqlstate == "42501":
-            raise DatabaseUnavailable(
-                f"{self.migration.name}: cannot write the batch progress in {where}: {error.message}"
-            )
-        if error.message.endswith(f'"{history.BATCH_NOT_WRITTEN}"'):
-            detail = f"its progress in {where} moved while this batch ran (another runner?): the batch was rolled back"
-        else:
-            detail = f"recording the batch progress in {where} failed: {error.message}"
-        kind = DdlLockTimeout if error.sqlstate == "55P03" else MigrationFailed
-        raise kind(self.migration.name, detail, sqlstate=error.sqlstate, line=None)
+        moved = f"its progress in {where} moved while this batch ran (another runner?): the batch was rolled back"
+        raise execute.record_error(
+            self.migration.name, error, ("batch progress", where), history.BATCH_NOT_WRITTEN, moved
+        )
 
     def tick(self, attempt: execute.Attempt) -> None:
         """While a message runs: sample blocking; let the watcher tick at its own interval."""

@@ -364,17 +364,28 @@ def failure(migration: Migration, message: Message, error: ServerError, index: i
         kind = DdlLockTimeout if error.sqlstate == "55P03" else MigrationFailed
         return kind(name, error.message, sqlstate=error.sqlstate, line=line)
     if index == message.record:
-        if error.sqlstate == "42501":
-            return DatabaseUnavailable(f"{name}: cannot write the history row in {table.qualified}: {error.message}")
-        if error.message.endswith(f'"{history.NOT_WRITTEN}"'):
-            detail = f"no history row was written to {table.qualified} (a trigger or rule on it swallowed the row)"
-        else:
-            detail = f"recording the history row in {table.qualified} failed: {error.message}"
-        kind = DdlLockTimeout if error.sqlstate == "55P03" else MigrationFailed
-        return kind(name, detail, sqlstate=error.sqlstate, line=None)
+        swallowed = f"no history row was written to {table.qualified} (a trigger or rule on it swallowed the row)"
+        return record_error(name, error, ("history row", table.qualified), history.NOT_WRITTEN, swallowed)
     if message.commits and index == message.total - 1:
         return MigrationFailed(name, f"COMMIT failed: {error.message}", sqlstate=error.sqlstate, line=None)
     return DatabaseUnavailable(f"{name}: the runner could not prepare the session: {error.message}")
+
+
+def record_error(name: str, error: ServerError, record: tuple[str, str], not_written: str, unwritten: str) -> Exception:
+    """The runner's error for one of its own records that failed: ``record`` is (what, where).
+
+    No privilege is ``DatabaseUnavailable``; a record that wrote no row (it raised
+    ``not_written``) is ``unwritten``; a lock timeout is worth a retry.
+    """
+    what, where = record
+    if error.sqlstate == "42501":
+        return DatabaseUnavailable(f"{name}: cannot write the {what} in {where}: {error.message}")
+    if error.message.endswith(f'"{not_written}"'):
+        detail = unwritten
+    else:
+        detail = f"recording the {what} in {where} failed: {error.message}"
+    kind = DdlLockTimeout if error.sqlstate == "55P03" else MigrationFailed
+    return kind(name, detail, sqlstate=error.sqlstate, line=None)
 
 
 def apply(
