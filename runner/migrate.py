@@ -16,8 +16,8 @@
    Apply each pending migration in version order (``execute.apply``: a clean session, one
    transaction with its history row; a batched data file, ``batch.apply``: one transaction per
    batch with its progress, the last one with the history row). A ``lock_timeout`` is retried
-   with backoff (a batched file's per batch). On failure
-   or interruption: roll back, record a ``success=false`` row on the lock connection, stop.
+   with backoff (a batched file's per batch). On failure or interruption: roll back, record a
+   ``success=false`` row on the lock connection, stop.
    A migration the server committed is reported as applied whenever an interrupt came.
 5. Release the locks in ``finally``, even on interruption.
 """
@@ -387,9 +387,7 @@ def batches(
     found = locked.history.access(
         "reading the batch progress", lambda: history.read_batches(locked.conn, table, migration.name)
     )
-    session, progress = execution_session(settings), found.get(migration.name)
-
-    retries = settings.ddl_lock_retries
+    session, progress, retries = execution_session(settings), found.get(migration.name), settings.ddl_lock_retries
 
     def run(attempt: execute.Attempt) -> None:
         batch.apply(conn, locked.conn, migration, analysis, table, session, attempt, monitor, retries, progress)
