@@ -184,6 +184,16 @@ def fingerprint(conn: Conn) -> Fingerprint:
     return found
 
 
+def contents(conn: Conn, table: tuple[str, ...]) -> str:
+    """A digest of every row of ``table`` (as written: ``(schema, name)`` or ``(name,)``, resolved by ``conn``)."""
+    query = sql.SQL(
+        "SELECT pg_catalog.md5(coalesce(pg_catalog.string_agg(t::pg_catalog.text, E'\\n'"
+        " ORDER BY t::pg_catalog.text), '')) FROM {} AS t"
+    ).format(sql.Identifier(*table))
+    row = conn.execute(query).fetchone()
+    return str(row[0]) if row else ""
+
+
 def difference(before: Fingerprint, after: Fingerprint) -> list[str]:
     """'- kind row' for what vanished and '+ kind row' for what appeared."""
     lines = []

@@ -164,6 +164,8 @@ def print_status(report: dict[str, object], as_json: bool) -> None:
             line += f"  (recorded as {row['recorded_as']})"
         if row["error"]:
             line += f"\n{'':<8} error: {row['error'].strip().splitlines()[0][:160]}"
+        if row["progress"]:
+            line += f"\n{'':<8} {row['progress']}"
         print(line)
     counts = report["counts"]
     assert isinstance(counts, dict)
@@ -313,6 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 on_lock_wait=observe.lock_wait_started,
                 on_lock_acquired=observe.lock_acquired,
                 on_progress=observe.progress,
+                on_batch_progress=observe.batch_progress,
             )
             configure_metrics(settings)
         run(settings, args, report)

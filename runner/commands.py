@@ -54,6 +54,7 @@ class StatusRow:
     state: str  # applied, pending, failed, changed, renamed, unknown
     checksum: str | None
     row: AppliedRow | None
+    batches: history.BatchProgress | None = None  # a batched data file not yet done: where it stands
 
     def as_dict(self) -> dict[str, object]:
         row = self.row
@@ -68,12 +69,28 @@ class StatusRow:
             "runner_version": row.runner_version if row else None,
             "error": row.error_message if row and not row.success else None,
             "recorded_as": row.name if row and row.name != self.migration else None,
+            "progress": self.progress(),
         }
+
+    def progress(self) -> str | None:
+        """Where a batched data file not yet done stands, in words."""
+        done = self.batches
+        if done is None:
+            return None
+        after = ", ".join(done.resume_after) if done.resume_after else "-"
+        changed = "" if done.checksum == self.checksum else " (by an earlier version of the file)"
+        return f"in progress: {done.rows_done:,} rows in {done.batches:,} batches{changed}, resumes after key ({after})"
 
 
 def status(settings: Settings) -> dict[str, object]:
-    """Every migration's state, with when, by whom, how long and by which runner it was applied."""
-    migrations, plan = current_plan(settings, time.monotonic() + settings.lock_wait_timeout, LockTimeout)
+    """Every migration's state, with when, by whom, how long and by which runner it was applied.
+
+    A batched data file not yet done shows where its committed batches stand.
+    """
+    migrations = discover(settings.migrations_dir)
+    with reading(settings, time.monotonic() + settings.lock_wait_timeout, LockTimeout) as table:
+        plan = make_plan(migrations, table.read())
+        batches = table.access("reading the batch progress", lambda: history.read_batches(table.conn, table.table))
     renamed = {m.name: row for m, row in plan.renamed}
     states = {m.name: "applied" for m in plan.applied}
     states |= {m.name: "changed" for m in plan.changed}
@@ -82,7 +99,10 @@ def status(settings: Settings) -> dict[str, object]:
     for m in migrations:
         row = renamed.get(m.name) or plan.rows.get(m.name)
         default = "failed" if row is not None and not row.success else "pending"
-        rows.append(StatusRow(m.label, m.name, states.get(m.name, default), m.checksum, row))
+        state = states.get(m.name, default)
+        progress = batches.get(m.name)
+        unfinished = progress if state in {"pending", "failed"} and progress and not progress.finished else None
+        rows.append(StatusRow(m.label, m.name, state, m.checksum, row, unfinished))
     rows += [StatusRow(None, row.name, "unknown", row.checksum, row) for row in plan.unknown]
     counts = {
         state: sum(1 for r in rows if r.state == state)

@@ -10,7 +10,8 @@ Invariants:
   never a Python ``repr``.
 - Colour (ANSI) only when asked for, which the caller does only for a terminal and never
   when ``NO_COLOR`` is set. Only ASCII is written, whatever the terminal's encoding.
-- ``migration_progress`` at a terminal is a live line, rewritten in place until the next event.
+- ``migration_progress`` and ``batch_progress`` at a terminal are a live line, rewritten in
+  place until the next event.
 - ``SafeStream`` never raises on a closed or full output; it remembers what was lost.
 """
 
@@ -26,6 +27,7 @@ HIDDEN = {"timestamp", "level", "event", "run_id", "database", "runner_version"}
 QUIET = {"attempt": 1, "attempts": 1, "rows": 0, "blockers": [], "failed_before": [], "holders": []}  # said when not so
 RED, YELLOW, GREEN, DIM, BOLD, RESET = "\x1b[31m", "\x1b[33m", "\x1b[32m", "\x1b[2m", "\x1b[1m", "\x1b[0m"
 BAR_WIDTH = 20
+LIVE_EVENTS = {"migration_progress", "batch_progress"}
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,14 @@ PHRASES: dict[str, tuple[Callable[[Mapping[str, Any]], str], set[str]]] = {
         lambda e: f"target {e.get('target')} {e.get('status')}: {e.get('applied')} applied in {_ms(e, 'duration_ms')}",
         {"target", "status", "applied", "duration_ms"},
     ),
+    "batch_progress": (
+        lambda e: (
+            f"batches  {e.get('migration')}  {e.get('rows_done', 0):,} rows  {e.get('rows_per_s', 0):,} rows/s"
+            + (f"  {e['remaining_s']:.0f} s left" if isinstance(e.get("remaining_s"), int | float) else "")
+            + f"  {_bar(e.get('percent'))}"
+        ).rstrip(),
+        {"migration", "version", "rows_done", "rows_per_s", "remaining_s", "percent"},
+    ),
     "run_finished": (
         lambda e: f"{e.get('command')} finished: exit {e.get('exit_code')} after {_ms(e, 'duration_ms')}",
         {"command", "exit_code", "duration_ms"},
@@ -135,7 +145,7 @@ class Renderer:
             text += "  " + " ".join(f"{key}={value(item)}" for key, item in fields.items())
         if event.get("error") is not None:
             text += "\n    " + self.paint(value(event["error"]), RED if level == "error" else YELLOW)
-        line = Line(text.encode("ascii", "replace").decode(), transient=name == "migration_progress")
+        line = Line(text.encode("ascii", "replace").decode(), transient=name in LIVE_EVENTS)
         return (line,), {}
 
 

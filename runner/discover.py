@@ -14,7 +14,9 @@ Invariants:
   comment anywhere else is an ordinary comment.
 - ``discover`` reads and checksums every file but parses none; ``analyse`` parses one file and
   refuses what the runner cannot execute as validated: transaction control, psql
-  meta-commands, ``COPY ... FROM STDIN / TO STDOUT``.
+  meta-commands, ``COPY ... FROM STDIN / TO STDOUT``; and, in a batched data file
+  (``-- runner: batch``), anything but one ``UPDATE``, ``DELETE`` or ``INSERT ... SELECT``
+  whose rows are those of one table, enumerable by key ranges (``BatchTarget``).
 - Problems are ``errors.Problem`` values naming file and line; nothing here formats them.
 """
 
@@ -25,6 +27,7 @@ import json
 import re
 import shlex
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -38,7 +41,35 @@ DIRECTIVE = re.compile(r"^--\s*runner:(.*)$")
 MAX_FILE_BYTES = 10 * 1024 * 1024
 BOM = b"\xef\xbb\xbf"
 COMMENT_TOKENS = {"SQL_COMMENT", "C_COMMENT"}
-KNOWN_DIRECTIVES = "no-transaction, lock-timeout=, statement-timeout=, allow= reason="
+KNOWN_DIRECTIVES = (
+    "no-transaction, lock-timeout=, statement-timeout=, allow= reason=, "
+    "batch [batch-size= pause= batch-time= max-replica-lag= max-blocking=]"
+)
+BATCH_KEYS = {  # directive -> BatchOptions field
+    "batch-size": "size",
+    "pause": "pause",
+    "batch-time": "time",
+    "max-replica-lag": "max_replica_lag",
+    "max-blocking": "max_blocking",
+}
+BATCH_SIZE_RANGE = (1, 1_000_000)
+# PostgreSQL's own aggregate and window functions (pg_catalog, 18): a batch cannot split them by
+# key ranges. Others (an extension's, a user's) are found in the catalog at run time.
+# fmt: off
+AGGREGATES = frozenset((
+    "any_value", "array_agg", "avg", "bit_and", "bit_or", "bit_xor", "bool_and", "bool_or", "corr", "count",
+    "covar_pop", "covar_samp", "cume_dist", "dense_rank", "every", "first_value", "json_agg", "json_agg_strict",
+    "json_object_agg", "json_object_agg_strict", "json_object_agg_unique", "json_object_agg_unique_strict",
+    "jsonb_agg", "jsonb_agg_strict", "jsonb_object_agg", "jsonb_object_agg_strict", "jsonb_object_agg_unique",
+    "jsonb_object_agg_unique_strict", "lag", "last_value", "lead", "max", "min", "mode", "nth_value", "ntile",
+    "percent_rank", "percentile_cont", "percentile_disc", "range_agg", "range_intersect_agg", "rank", "regr_avgx",
+    "regr_avgy", "regr_count", "regr_intercept", "regr_r2", "regr_slope", "regr_sxx", "regr_sxy", "regr_syy",
+    "row_number", "stddev", "stddev_pop", "stddev_samp", "string_agg", "sum", "var_pop", "var_samp", "variance",
+    "xmlagg",
+))
+# fmt: on
+AGGREGATE_MARKS = ("agg_star", "agg_distinct", "agg_order", "agg_filter", "agg_within_group", "over")
+PERCENT = re.compile(r"^([0-9]+(?:\.[0-9]+)?)%$")
 
 # Statements PostgreSQL refuses inside a transaction block (by parse-tree node type).
 NON_TRANSACTIONAL_NODES = {
@@ -51,6 +82,24 @@ NON_TRANSACTIONAL_NODES = {
 
 
 @dataclass(frozen=True)
+class BatchOptions:
+    """``-- runner: batch ...``: how a batched data file is applied (``runner.batch``).
+
+    ``size`` keys make the first batch (every batch when ``time`` is None); ``pause`` seconds
+    pass between batches; ``time`` is the target seconds per batch the size adapts towards;
+    the ceilings (None: none) hold the next batch back while the replicas' replay lag exceeds
+    ``max_replica_lag`` seconds, and shrink and space the batches while other sessions waited
+    for a batch's locks longer than ``max_blocking`` (a share of its time, 0..1).
+    """
+
+    size: int = 1000
+    pause: float = 0.0
+    time: float | None = None
+    max_replica_lag: float | None = None
+    max_blocking: float | None = None
+
+
+@dataclass(frozen=True)
 class Directives:
     """``-- runner: ...`` settings of one file (from its leading comment block)."""
 
@@ -58,6 +107,7 @@ class Directives:
     lock_timeout: float | None = None  # seconds
     statement_timeout: float | None = None
     allow: tuple[tuple[str, str], ...] = ()  # (lint rule id, reason)
+    batch: BatchOptions | None = None
 
 
 @dataclass(frozen=True)
@@ -121,11 +171,32 @@ class Statement:
 
 
 @dataclass(frozen=True)
+class BatchTarget:
+    """What a batched data file's one statement enumerates, as written (resolved at run time).
+
+    ``table`` (``(schema, name)`` or ``(name,)``) is the table whose key ranges make the
+    batches: the UPDATE/DELETE target, or the one table INSERT ... SELECT reads;
+    ``qualifier`` is how the statement refers to it (its alias, else its name). What only the
+    catalog can tell is checked at run time: ``written`` (INSERT's target) must not be the
+    enumerated table, ``assigned`` (UPDATE's SET columns) must not hold a key column, and no
+    name in ``functions`` (called at the SELECT's top level) may be an aggregate.
+    """
+
+    kind: str  # "update", "delete" or "insert"
+    table: tuple[str, ...]
+    qualifier: str
+    written: tuple[str, ...]
+    assigned: tuple[str, ...] = ()
+    functions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Analysis:
-    """A parsed migration: its statements, and whether it runs in one transaction."""
+    """A parsed migration: its statements, whether it runs in one transaction, its batch target."""
 
     statements: tuple[Statement, ...]
     transactional: bool
+    batch: BatchTarget | None = None  # a batched data file (``-- runner: batch``)
 
 
 def line_of(text: str, offset: int) -> int:
@@ -151,6 +222,8 @@ def parse_directives(name: str, sql: str) -> tuple[Directives, list[Problem]]:
     values: dict[str, object] = {}
     allowed: list[tuple[str, str]] = []
     problems: list[Problem] = []
+    batch: dict[str, object] = {}
+    batch_line = 0  # where a batch option was given
 
     def problem(line: int, message: str) -> None:
         problems.append(Problem("directive", message, name, line))
@@ -169,6 +242,14 @@ def parse_directives(name: str, sql: str) -> tuple[Directives, list[Problem]]:
         for key, _, value in pairs:
             if key == "no-transaction" and not value:
                 values["no_transaction"] = True
+            elif key == "batch" and not value:
+                values["batch"] = True
+            elif key in BATCH_KEYS:
+                batch_line = batch_line or line
+                try:
+                    batch[BATCH_KEYS[key]] = _batch_value(key, value)
+                except ConfigError as exc:
+                    problem(line, str(exc))
             elif key in {"lock-timeout", "statement-timeout"}:
                 try:
                     values[key.replace("-", "_")] = parse_duration(key, value)
@@ -181,7 +262,34 @@ def parse_directives(name: str, sql: str) -> tuple[Directives, list[Problem]]:
             elif key != "reason":
                 shown = key + ("=" + value if value else "")
                 problem(line, f"unknown directive {shown!r} (known: {KNOWN_DIRECTIVES})")
+    if values.pop("batch", False):
+        values["batch"] = BatchOptions(**batch)  # type: ignore[arg-type]
+    elif batch_line:
+        names = ", ".join(f"{key}=" for key, field_name in BATCH_KEYS.items() if field_name in batch)
+        problem(batch_line, f"{names} only go with the batch directive (-- runner: batch ...)")
     return Directives(**values, allow=tuple(allowed)), problems  # type: ignore[arg-type]
+
+
+def _batch_value(key: str, value: str) -> float | int:
+    """A batch option's value; ``ConfigError`` saying what it needs."""
+    if key == "batch-size":
+        low, high = BATCH_SIZE_RANGE
+        if not value.isdigit() or not low <= int(value) <= high:
+            raise ConfigError(f"directive batch-size={value!r} needs a whole number of rows from {low} to {high:,}")
+        return int(value)
+    if key == "max-blocking":
+        match = PERCENT.match(value)
+        if not match or not 0 < float(match.group(1)) <= 100:
+            raise ConfigError(f"directive max-blocking={value!r} needs a share like 20% (above 0%, at most 100%)")
+        return float(match.group(1)) / 100
+    try:
+        seconds = parse_duration(key, value)
+    except ConfigError:
+        seconds = -1.0
+    if seconds < 0 or (seconds == 0 and key != "pause"):
+        above = "" if key == "pause" else " (above 0)"
+        raise ConfigError(f"directive {key}={value!r} needs a duration like 2s, 200ms or 1min{above}")
+    return seconds
 
 
 def read_migration(directory: Path, path: Path, version: int) -> tuple[Migration | None, list[Problem]]:
@@ -358,7 +466,9 @@ def analyse(migration: Migration) -> Analysis:
     if problems:
         raise ValidationError(problems)
     transactional = not migration.directives.no_transaction and all(s.transactional for s in statements)
-    return Analysis(statements, transactional)
+    if migration.directives.batch is None:
+        return Analysis(statements, transactional)
+    return Analysis(statements, transactional, batch_target(migration, list(statements)))
 
 
 def parse(migration: Migration) -> tuple[tuple[Statement, ...], list[Problem]]:
@@ -400,3 +510,115 @@ def parse(migration: Migration) -> tuple[tuple[Statement, ...], list[Problem]]:
     if not statements and not problems:
         problems.append(Problem("empty", "has no SQL statement (only comments)", name))
     return tuple(statements), problems
+
+
+def batch_target(migration: Migration, statements: list[Statement]) -> BatchTarget:
+    """What a batched data file enumerates; ``ValidationError`` (kind ``batch``) saying why not."""
+
+    def refuse(message: str, line: int | None = None) -> ValidationError:
+        return ValidationError([Problem("batch", f"batch file: {message}", migration.name, line)])
+
+    if migration.directives.no_transaction:
+        raise refuse("no-transaction does not go with batch: each batch is one transaction with its progress")
+    if len(statements) != 1:
+        lines = ", ".join(str(s.line) for s in statements)
+        raise refuse(f"needs exactly one statement, found {len(statements)} (lines {lines})")
+    (statement,) = statements
+    try:
+        return _target(statement)
+    except ValueError as exc:
+        raise refuse(str(exc), statement.line) from None
+
+
+def _target(statement: Statement) -> BatchTarget:
+    """The statement's ``BatchTarget``; ``ValueError`` naming what cannot be split by key ranges."""
+    kind, body = statement.kind, statement.node[statement.kind]
+    if kind not in {"UpdateStmt", "DeleteStmt", "InsertStmt"}:
+        word = statement.text[statement.lead :].split(maxsplit=1)[0].upper()
+        raise ValueError(f"{word} is not one of the data statements UPDATE, DELETE, INSERT ... SELECT")
+    if body.get("withClause"):
+        raise ValueError("a WITH clause is not split by key ranges (put the query in the statement itself)")
+    if body.get("returningList") or body.get("returningClause"):
+        raise ValueError("RETURNING: the rows it returns would be discarded by the runner")
+    if _has(body, "ParamRef"):
+        raise ValueError("a parameter ($1) has no value in a migration")
+    if kind == "InsertStmt":
+        return _insert_target(body)
+    where = body.get("whereClause") or {}
+    if "CurrentOfExpr" in where:
+        raise ValueError("WHERE CURRENT OF names a cursor's row, not rows the runner can enumerate")
+    relation = body["relation"]
+    table = _relation(relation)
+    assigned = tuple(t["ResTarget"]["name"] for t in body.get("targetList", ()))
+    return BatchTarget(kind.removesuffix("Stmt").lower(), table, _qualifier(relation), table, assigned)
+
+
+def _insert_target(body: dict[str, Any]) -> BatchTarget:
+    select = (body.get("selectStmt") or {}).get("SelectStmt")
+    if select is None:
+        raise ValueError("INSERT ... DEFAULT VALUES has no rows to enumerate: use INSERT ... SELECT ... FROM a table")
+    if select.get("valuesLists"):
+        raise ValueError("INSERT ... VALUES has no table whose rows the runner can enumerate: use INSERT ... SELECT")
+    if select.get("op", "SETOP_NONE") != "SETOP_NONE":
+        raise ValueError("a set operation (UNION, INTERSECT, EXCEPT) reads more than one table")
+    if select.get("withClause"):
+        raise ValueError("a WITH clause is not split by key ranges (put the query in the statement itself)")
+    sources = select.get("fromClause", ())
+    if len(sources) != 1 or "RangeVar" not in sources[0]:
+        raise ValueError(
+            "INSERT ... SELECT must read exactly one table (no join, subquery or function in FROM): "
+            "its key ranges make the batches"
+        )
+    whole = {
+        "distinctClause": "DISTINCT",
+        "groupClause": "GROUP BY",
+        "havingClause": "HAVING",
+        "windowClause": "WINDOW",
+        "sortClause": "ORDER BY",
+        "limitCount": "LIMIT",
+        "limitOffset": "OFFSET",
+        "lockingClause": "FOR UPDATE/SHARE",
+    }
+    for clause, words in whole.items():
+        if select.get(clause):
+            raise ValueError(f"{words} works on the whole result, which batches of key ranges would split")
+    functions = []
+    for node, call in _nodes(select.get("targetList", ()), subqueries=False):  # a subquery's aggregate is whole
+        name = {"JsonArrayAgg": "json_arrayagg", "JsonObjectAgg": "json_objectagg"}.get(node)
+        if node == "FuncCall":
+            name = call["funcname"][-1]["String"]["sval"]
+            functions.append(name)
+            if not any(call.get(mark) for mark in AGGREGATE_MARKS) and name not in AGGREGATES:
+                continue
+        if name:
+            raise ValueError(f"{name}() aggregates over rows, which batches of key ranges would split")
+    relation = sources[0]["RangeVar"]
+    return BatchTarget(
+        "insert", _relation(relation), _qualifier(relation), _relation(body["relation"]), (), tuple(functions)
+    )
+
+
+def _relation(relation: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(part for part in (relation.get("schemaname"), relation["relname"]) if part)
+
+
+def _qualifier(relation: dict[str, Any]) -> str:
+    return str((relation.get("alias") or {}).get("aliasname") or relation["relname"])
+
+
+def _nodes(tree: object, *, subqueries: bool = True) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every (node type, body) in a JSON parse tree; without ``subqueries``, not below a SubLink."""
+    if isinstance(tree, list | tuple):
+        for item in tree:
+            yield from _nodes(item, subqueries=subqueries)
+    elif isinstance(tree, dict):
+        for key, value in tree.items():
+            if key == "SubLink" and not subqueries:
+                continue
+            if isinstance(value, dict) and key[:1].isupper():
+                yield key, value
+            yield from _nodes(value, subqueries=subqueries)
+
+
+def _has(tree: object, kind: str) -> bool:
+    return any(found == kind for found, _ in _nodes(tree))

@@ -179,6 +179,7 @@ class Message:
     commits: bool = False  # its last statement is the migration's COMMIT
     record: int | None = None  # index of the history record statement
     keep: frozenset[int] = frozenset()  # statement indexes whose rows are decoded (probes)
+    params: tuple[bytes, ...] | None = None  # one statement's $n values, as text (extended protocol)
 
     @classmethod
     def of(cls, parts: Sequence[str], *, commits: bool = False) -> Message:
@@ -234,16 +235,19 @@ def opening(session: Session, timeouts: Timeouts, *, transaction: bool) -> list[
     return statements
 
 
-def recording(session: Session, table: history.Table, migration: Migration, elapsed_ms: int | None) -> list[str]:
-    """The runner's own end of a migration's transaction: back to itself, then the record."""
+def as_runner(session: Session) -> list[str]:
+    """Back to the runner inside a migration's transaction: session user, pinned search_path, its timeouts."""
     return [
         "SET LOCAL SESSION AUTHORIZATION DEFAULT",
         "SET LOCAL search_path = pg_catalog, pg_temp",
         set_statement("lock_timeout", duration(session.timeouts.lock), local=True),
         set_statement("statement_timeout", duration(session.timeouts.statement), local=True),
-        history.record_success(table, migration, elapsed_ms).as_string(),
-        "COMMIT",
     ]
+
+
+def recording(session: Session, table: history.Table, migration: Migration, elapsed_ms: int | None) -> list[str]:
+    """The runner's own end of a migration's transaction: back to itself, then the record."""
+    return [*as_runner(session), history.record_success(table, migration, elapsed_ms).as_string(), "COMMIT"]
 
 
 def pin_lexing(conn: Conn) -> None:
@@ -267,6 +271,7 @@ def lexing_changed(conn: Conn) -> str | None:
 def exchange(conn: Conn, message: Message, attempt: Attempt, tick: Tick, tick_s: float) -> ServerError | None:
     """Send ``message``, read every result, update ``attempt``; the first error, or None.
 
+    A message with ``params`` is one statement sent with its values (the extended protocol).
     Waits are sliced by ``tick_s``: ``tick(attempt)`` runs whenever the message has been
     running that long again. On an interrupt the statement is cancelled on the server and
     the results are drained (the clean-up deadline bounds this), so ``attempt`` tells the
@@ -276,7 +281,10 @@ def exchange(conn: Conn, message: Message, attempt: Attempt, tick: Tick, tick_s:
     attempt.completed = 0
     with conn.lock:
         try:
-            pgconn.send_query(message.text.encode())
+            if message.params is None:
+                pgconn.send_query(message.text.encode())
+            else:
+                pgconn.send_query_params(message.text.encode(), message.params)
             if pq.version() >= 170000:
                 pgconn.set_chunked_rows_mode(ROW_CHUNK)
             else:
@@ -356,17 +364,28 @@ def failure(migration: Migration, message: Message, error: ServerError, index: i
         kind = DdlLockTimeout if error.sqlstate == "55P03" else MigrationFailed
         return kind(name, error.message, sqlstate=error.sqlstate, line=line)
     if index == message.record:
-        if error.sqlstate == "42501":
-            return DatabaseUnavailable(f"{name}: cannot write the history row in {table.qualified}: {error.message}")
-        if error.message.endswith(f'"{history.NOT_WRITTEN}"'):
-            detail = f"no history row was written to {table.qualified} (a trigger or rule on it swallowed the row)"
-        else:
-            detail = f"recording the history row in {table.qualified} failed: {error.message}"
-        kind = DdlLockTimeout if error.sqlstate == "55P03" else MigrationFailed
-        return kind(name, detail, sqlstate=error.sqlstate, line=None)
+        swallowed = f"no history row was written to {table.qualified} (a trigger or rule on it swallowed the row)"
+        return record_error(name, error, ("history row", table.qualified), history.NOT_WRITTEN, swallowed)
     if message.commits and index == message.total - 1:
         return MigrationFailed(name, f"COMMIT failed: {error.message}", sqlstate=error.sqlstate, line=None)
     return DatabaseUnavailable(f"{name}: the runner could not prepare the session: {error.message}")
+
+
+def record_error(name: str, error: ServerError, record: tuple[str, str], not_written: str, unwritten: str) -> Exception:
+    """The runner's error for one of its own records that failed: ``record`` is (what, where).
+
+    No privilege is ``DatabaseUnavailable``; a record that wrote no row (it raised
+    ``not_written``) is ``unwritten``; a lock timeout is worth a retry.
+    """
+    what, where = record
+    if error.sqlstate == "42501":
+        return DatabaseUnavailable(f"{name}: cannot write the {what} in {where}: {error.message}")
+    if error.message.endswith(f'"{not_written}"'):
+        detail = unwritten
+    else:
+        detail = f"recording the {what} in {where} failed: {error.message}"
+    kind = DdlLockTimeout if error.sqlstate == "55P03" else MigrationFailed
+    return kind(name, detail, sqlstate=error.sqlstate, line=None)
 
 
 def apply(
@@ -385,16 +404,21 @@ def apply(
     ``attempt`` is updated as the server reports progress (see ``Attempt``); ``probe`` runs
     inside a transactional migration (rehearse), its rows in ``attempt.probed``.
     """
-    directives = migration.directives
-    timeouts = Timeouts(
-        session.timeouts.lock if directives.lock_timeout is None else directives.lock_timeout,
-        session.timeouts.statement if directives.statement_timeout is None else directives.statement_timeout,
-    )
+    timeouts = timeouts_of(migration, session)
     pin_lexing(conn)
     if analysis.transactional:
         _apply_transactional(conn, migration, analysis, table, session, timeouts, attempt, tick, tick_s, probe)
     else:
         _apply_autocommit(conn, migration, analysis, table, session, timeouts, attempt, tick, tick_s)
+
+
+def timeouts_of(migration: Migration, session: Session) -> Timeouts:
+    """The migration's timeouts: its directives', else the runner's."""
+    directives = migration.directives
+    return Timeouts(
+        session.timeouts.lock if directives.lock_timeout is None else directives.lock_timeout,
+        session.timeouts.statement if directives.statement_timeout is None else directives.statement_timeout,
+    )
 
 
 def _send(

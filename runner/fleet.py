@@ -272,6 +272,7 @@ class Rollout:
             on_lock_wait=functools.partial(observe.lock_wait_started, run=run),
             on_lock_acquired=functools.partial(observe.lock_acquired, run=run),
             on_progress=functools.partial(observe.progress, run=run),
+            on_batch_progress=functools.partial(observe.batch_progress, run=run),
         )
         started = time.monotonic()
         status, code, error = Status.DONE, ExitCode.OK, None

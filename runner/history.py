@@ -13,10 +13,16 @@ Invariants:
 - A success row is written inside the migration's own transaction (``record_success``), and
   the statement fails unless exactly one row was written; failure rows and every other change
   are written on the runner's own session, never on a session a file ran on.
+- A batched data file's progress lives next to the history, in ``<table>_batches`` (one row per
+  file, created when a batch file first runs; the history table itself is unchanged, so 0.1.0
+  runners share it as before). Each batch writes its row inside the batch's own transaction
+  (``record_batch``), and only over the row it started from: the statement fails unless it
+  wrote exactly one row, so two batches can never both commit from the same progress.
 """
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +71,27 @@ UPSERT = """INSERT INTO {table} AS h (migration_name, execution_time_ms, success
  execution_time_ms = EXCLUDED.execution_time_ms, success = EXCLUDED.success, error_message = EXCLUDED.error_message,
  checksum = EXCLUDED.checksum, runner_version = EXCLUDED.runner_version"""
 NOT_WRITTEN = "migration-runner: the history row was not written"
+BATCH_COLUMNS = """
+    migration_name VARCHAR(255) PRIMARY KEY,
+    checksum VARCHAR(64) NOT NULL,
+    resume_after TEXT[],
+    batches INTEGER NOT NULL,
+    rows_done BIGINT NOT NULL,
+    rows_changed BIGINT NOT NULL,
+    started_at TIMESTAMPTZ NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    finished_at TIMESTAMPTZ,
+    runner_version VARCHAR(32)
+"""
+BATCH_READ = "migration_name, checksum, resume_after, batches, rows_done, rows_changed, finished_at, updated_at"
+BATCH_UPSERT = """INSERT INTO {table} AS p (migration_name, checksum, resume_after, batches, rows_done, rows_changed,
+ finished_at, runner_version) VALUES ({name}, {checksum}, {after}, {batches}, {rows_done}, {rows_changed},
+ {finished}, {version})
+ ON CONFLICT (migration_name) DO UPDATE SET checksum = EXCLUDED.checksum, resume_after = EXCLUDED.resume_after,
+ batches = EXCLUDED.batches, rows_done = EXCLUDED.rows_done, rows_changed = EXCLUDED.rows_changed,
+ updated_at = CURRENT_TIMESTAMP, finished_at = EXCLUDED.finished_at, runner_version = EXCLUDED.runner_version
+ WHERE p.batches = {expected}"""
+BATCH_NOT_WRITTEN = "migration-runner: the batch progress was not written"
 
 
 @dataclass(frozen=True)
@@ -165,10 +192,15 @@ def record_success(table: Table, migration: Migration, elapsed_ms: int | None = 
         checksum=sql.Literal(migration.checksum),
         version=sql.Literal(__version__),
     )
+    return _exactly_one(upsert, NOT_WRITTEN)
+
+
+def _exactly_one(upsert: sql.Composed, message: str) -> sql.Composed:
+    """``upsert`` as a statement that fails (casting ``message`` to int4) unless it wrote one row."""
     return sql.SQL(
         "WITH recorded AS ({} RETURNING 1) SELECT CAST(CASE pg_catalog.count(*) WHEN 1 THEN '1' ELSE {} END AS "
         "pg_catalog.int4) FROM recorded"
-    ).format(upsert, sql.Literal(NOT_WRITTEN))
+    ).format(upsert, sql.Literal(message))
 
 
 def record_failure(conn: Conn, table: Table, migration: Migration, error_message: str, elapsed_ms: int) -> None:
@@ -234,3 +266,77 @@ def insert_baseline(conn: Conn, table: Table, migrations: list[Migration]) -> No
             ).format(table.ident),
             [(m.name, m.checksum, __version__) for m in migrations],
         )
+
+
+@dataclass(frozen=True)
+class BatchProgress:
+    """A batched data file's committed progress: one row of ``<table>_batches``.
+
+    ``resume_after`` is the key (as text, one value per key column) after which the next batch
+    starts; None: at the first key. ``batches`` counts committed batches and versions the row.
+    """
+
+    checksum: str
+    resume_after: tuple[str, ...] | None
+    batches: int
+    rows_done: int  # rows of the enumerated table the committed batches covered
+    rows_changed: int  # rows the statement changed (its command tags)
+    finished: bool = False
+    updated_at: datetime.datetime | None = None
+
+
+def batches_table(table: Table) -> Table:
+    """Where the progress of batched data files is kept: next to the history table."""
+    return Table(table.schema, f"{table.name}_batches")
+
+
+def ensure_batches(conn: Conn, table: Table) -> bool:
+    """Create the progress table of the history ``table`` if it is missing. True if it created it."""
+    batches = batches_table(table)
+    if columns(conn, batches) is not None:
+        return False
+    conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(batches.ident, sql.SQL(BATCH_COLUMNS)))
+    return True
+
+
+def read_batches(conn: Conn, table: Table, name: str | None = None) -> dict[str, BatchProgress]:
+    """Progress by file name (of one file, with ``name``); an absent progress table reads as empty."""
+    batches = batches_table(table)
+    if columns(conn, batches) is None:
+        return {}
+    only = sql.SQL(" WHERE migration_name = %s") if name is not None else sql.SQL("")
+    query = sql.SQL("SELECT {} FROM {}{}").format(sql.SQL(BATCH_READ), batches.ident, only)
+    return {
+        str(row[0]): BatchProgress(
+            str(row[1]),
+            None if row[2] is None else tuple(map(str, row[2])),
+            int(row[3]),
+            int(row[4]),
+            int(row[5]),
+            row[6] is not None,
+            row[7],
+        )
+        for row in conn.execute(query, [name] if name is not None else None)
+    }
+
+
+def record_batch(table: Table, migration: Migration, progress: BatchProgress, expected: int) -> sql.Composed:
+    """The upsert of ``migration``'s progress, inside the batch's transaction.
+
+    It writes only over the row that counted ``expected`` batches (none: a first batch), and
+    fails unless it wrote exactly one row: a batch commits only from the progress it started at.
+    """
+    after = progress.resume_after
+    upsert = sql.SQL(BATCH_UPSERT).format(
+        table=batches_table(table).ident,
+        name=sql.Literal(migration.name),
+        checksum=sql.Literal(migration.checksum),
+        after=sql.NULL if after is None else sql.SQL("{}::pg_catalog.text[]").format(sql.Literal(list(after))),
+        batches=sql.Literal(progress.batches),
+        rows_done=sql.Literal(progress.rows_done),
+        rows_changed=sql.Literal(progress.rows_changed),
+        finished=sql.SQL("CURRENT_TIMESTAMP" if progress.finished else "NULL"),
+        version=sql.Literal(__version__),
+        expected=sql.Literal(expected),
+    )
+    return _exactly_one(upsert, BATCH_NOT_WRITTEN)

@@ -16,8 +16,10 @@
    ``--strict``).
 4. Only if something is pending, connect the work connection and hold the fences on it.
    Apply each pending migration in version order (``execute.apply``: a clean session, one
-   transaction with its history row). A ``lock_timeout`` is retried with backoff. On failure
-   or interruption: roll back, record a ``success=false`` row on the lock connection, stop.
+   transaction with its history row; a batched data file, ``batch.apply``: one transaction per
+   batch with its progress, the last one with the history row). A ``lock_timeout`` is retried
+   with backoff (a batched file's per batch). On failure or interruption: roll back, record a
+   ``success=false`` row on the lock connection, stop.
    A migration the server committed is reported as applied whenever an interrupt came.
 5. Release the locks in ``finally``, even on interruption.
 """
@@ -53,7 +55,7 @@ from runner.retry import Retry, checkpoint
 from runner.retry import sleep as retry_sleep
 
 if TYPE_CHECKING:
-    from runner import execute
+    from runner import batch, execute
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 T = TypeVar("T")
@@ -61,9 +63,12 @@ SESSION_SETUP = (
     "SELECT pg_catalog.set_config('client_connection_check_interval', '2s', false),"
     " pg_catalog.set_config('standard_conforming_strings', 'on', false)"
 )
+# The runner's own session: its names pinned; dates and intervals in the styles psycopg reads (a database
+# set to DateStyle 'SQL, DMY' would otherwise make every history read fail) and batch keys are written in.
 RUNNER_SESSION = (
     "SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false),"
-    " pg_catalog.set_config('lock_timeout', '1s', false)"
+    " pg_catalog.set_config('lock_timeout', '1s', false),"
+    " pg_catalog.set_config('DateStyle', 'ISO', false), pg_catalog.set_config('IntervalStyle', 'postgres', false)"
 )
 PROGRESS_INTERVAL_S = 5.0
 
@@ -78,6 +83,7 @@ class Report:
     on_lock_wait: Callable[[float], None] = lambda _started: None  # Unix time the wait started
     on_lock_acquired: Callable[[float], None] = lambda _waited: None  # seconds waited
     on_progress: Callable[[float, float | None], None] = lambda _since, _ratio: None  # see observe.progress
+    on_batch_progress: Callable[[float, float, float | None], None] = lambda _rows, _rate, _left: None
 
     def totals(self) -> observe.Totals:
         return {
@@ -329,9 +335,9 @@ class Monitor:
         pid: int,
         fields: dict[str, str],
         lock_timeout: float,
-        publish: Callable[[float, float | None], None],
+        report: Report,
     ) -> None:
-        self.conn, self.pid, self.fields, self.publish = conn, pid, fields, publish
+        self.conn, self.pid, self.fields, self.report = conn, pid, fields, report
         self.every = 1.0 if observe.live() else PROGRESS_INTERVAL_S
         self.interval = max(0.2, min(self.every, lock_timeout / 3 if lock_timeout else self.every))
         self.blockers: list[dict[str, object]] = []
@@ -360,15 +366,19 @@ class Monitor:
                 **({"phase": f"{report.command}: {report.phase}", "percent": report.percent} if report else {}),
             )
             ratio = report.percent / 100 if report and report.percent is not None else None
-            self.publish(time.time() - (now - attempt.started), ratio)
+            self.report.on_progress(time.time() - (now - attempt.started), ratio)
             self.published = True
         except psycopg.Error as exc:
             logger().debug("progress_unavailable", error=str(exc))
 
+    def publish_batch(self, rows_done: float, rate: float, remaining_s: float | None) -> None:
+        """A batched data file's progress, for the metrics (``batch.Watcher``)."""
+        self.report.on_batch_progress(rows_done, rate, remaining_s)
+
     def close(self) -> None:
         """Publish that no migration runs any more, if progress was published."""
         if self.published:
-            self.publish(0.0, None)
+            self.report.on_progress(0.0, None)
 
 
 def fail(
@@ -418,20 +428,51 @@ def apply_one(locked: Locked, migration: Migration, analysis: Analysis, settings
         )
     conn = locked.work()
     lock_timeout = migration.directives.lock_timeout or settings.ddl_lock_timeout
-    monitor = Monitor(locked.conn, conn.info.backend_pid, fields, lock_timeout, report.on_progress)
+    monitor = Monitor(locked.conn, conn.info.backend_pid, fields, lock_timeout, report)
     retry = Retry(1.0, 30.0, (0.5, 1.0), attempts=settings.ddl_lock_retries)
+    if analysis.batch is not None:
+        run = batches(locked, migration, analysis, settings, conn, monitor)
+    else:
+        from runner import execute  # noqa: PLC0415 - a no-op run (every pod start) never needs it
+
+        session, table = execution_session(settings), locked.history.table
+
+        def run(attempt: execute.Attempt) -> None:
+            execute.apply(conn, migration, analysis, table, session, attempt, monitor.tick, monitor.interval)
+
     try:
-        return _attempts(locked, migration, analysis, settings, conn, monitor, retry, fields)
+        return _attempts(locked, migration, run, monitor, retry, fields)
     finally:
         monitor.close()
+
+
+def batches(
+    locked: Locked, migration: Migration, analysis: Analysis, settings: Settings, conn: Conn, monitor: batch.Watcher
+) -> Callable[[execute.Attempt], None]:
+    """A batched data file's run: its progress read (the table created on first use), then ``batch.apply``.
+
+    Retries of a lock timeout are per batch, inside ``batch.apply``; what it raises ends the run.
+    """
+    from runner import batch  # noqa: PLC0415 - only batched data files need it
+
+    table = locked.history.table
+    if locked.history.access("creating the batch progress table", lambda: history.ensure_batches(locked.conn, table)):
+        logger().info("batch_table_ready", table=history.batches_table(table).qualified)
+    found = locked.history.access(
+        "reading the batch progress", lambda: history.read_batches(locked.conn, table, migration.name)
+    )
+    session, progress, retries = execution_session(settings), found.get(migration.name), settings.ddl_lock_retries
+
+    def run(attempt: execute.Attempt) -> None:
+        batch.apply(conn, locked.conn, migration, analysis, table, session, attempt, monitor, retries, progress)
+
+    return run
 
 
 def _attempts(
     locked: Locked,
     migration: Migration,
-    analysis: Analysis,
-    settings: Settings,
-    conn: Conn,
+    run: Callable[[execute.Attempt], None],
     monitor: Monitor,
     retry: Retry,
     fields: dict[str, str],
@@ -439,14 +480,11 @@ def _attempts(
     from runner import execute  # noqa: PLC0415 - a no-op run (every pod start) never needs it
 
     log = logger()
-    session = execution_session(settings)
     while True:
         attempt = execute.Attempt()
         log.info("migration_started", **fields, attempt=retry.attempt + 1)
         try:
-            execute.apply(
-                conn, migration, analysis, locked.history.table, session, attempt, monitor.tick, monitor.interval
-            )
+            run(attempt)
         except DdlLockTimeout as exc:
             pause = retry.next_pause()
             if pause is not None:

@@ -128,6 +128,9 @@ class RunMetrics:
     exit_code: int | None = None
     running_since: float = 0.0  # Unix time the migration in flight started; 0 when none runs
     running_ratio: float | None = None  # its progress as PostgreSQL reports it, 0..1
+    batch_rows_done: float | None = None  # the batched data file in flight (or last done): rows covered
+    batch_rows_per_second: float | None = None
+    batch_remaining_seconds: float | None = None
 
     def families(self, only: frozenset[str] | None = None) -> list[Any]:
         from prometheus_client.core import GaugeMetricFamily  # noqa: PLC0415 - loaded only to export
@@ -143,6 +146,9 @@ class RunMetrics:
             "last_exit_code": None if self.exit_code is None else float(self.exit_code),
             "running_migration_started_timestamp_seconds": self.running_since,
             "running_migration_progress_ratio": self.running_ratio,
+            "batch_rows_done": self.batch_rows_done,
+            "batch_rows_per_second": self.batch_rows_per_second,
+            "batch_remaining_seconds": self.batch_remaining_seconds,
         }
         families = []
         for name, value in values.items():
@@ -181,8 +187,12 @@ METRIC_HELP = {
     "fleet_run_started_timestamp_seconds": "Unix time the current or last fleet run of this shard started.",
     "fleet_last_run_timestamp_seconds": "Unix time the last fleet run of this shard ended.",
     "fleet_last_exit_code": "Exit code of the last fleet run of this shard.",
+    "batch_rows_done": "Rows of its table the batched data file in flight (or last run) has covered.",
+    "batch_rows_per_second": "Rows per second the batched data file in flight covers, over this run.",
+    "batch_remaining_seconds": "Estimated seconds until the batched data file in flight is done.",
 }
 PROGRESS_FAMILIES = frozenset({"running_migration_started_timestamp_seconds", "running_migration_progress_ratio"})
+BATCH_FAMILIES = frozenset({"batch_rows_done", "batch_rows_per_second", "batch_remaining_seconds"})
 LOCK_WAIT_FAMILIES = frozenset({"lock_wait_started_timestamp_seconds"})
 
 
@@ -345,6 +355,12 @@ def outcome(
     run.running_since, run.running_ratio = 0.0, None
     run.applied, run.pending, run.lock_wait_s, run.durations_s = applied, pending, lock_wait_s, durations_s
     push(run, "finished")
+
+
+def batch_progress(rows_done: float, rate: float, remaining_s: float | None, run: RunMetrics = RUN) -> None:
+    """Record a batched data file's progress (rows, rows per second, seconds left); push it if a gateway is set."""
+    run.batch_rows_done, run.batch_rows_per_second, run.batch_remaining_seconds = rows_done, rate, remaining_s
+    push(run, "batch_progress", BATCH_FAMILIES)
 
 
 def finish(

@@ -5,16 +5,18 @@ Both work in a scratch database created for the purpose on the target server (or
 
 Invariants of ``verify``:
 - Every file is applied once with the real ``migrate`` path, then every file a second time
-  with the same executor; after each second application the catalog fingerprint
-  (``catalog.fingerprint``) must equal the one taken before. Any error or difference is a
-  finding naming the file.
+  with the same executor (a batched data file with ``batch.apply``, from its first key); after
+  each second application the catalog fingerprint (``catalog.fingerprint``) must equal the one
+  taken before, and so must the rows of the table a batched data file writes
+  (``catalog.contents``). Any error or difference is a finding naming the file.
 
 Invariants of ``rehearse``:
 - The source is copied with ``pg_dump``/``pg_restore`` (schema and data, or schema only plus
   the history table's rows, so that only what is really pending runs); passwords go to
   those tools through ``PGPASSWORD``, never through argv. The source is only read.
 - Each pending migration reports its duration, the rows it wrote, and the strongest lock mode
-  it held per table: read inside its transaction just before COMMIT (every lock is still held
+  it held per table (a batched data file runs in batches, as ``migrate`` runs it): read inside
+  its transaction just before COMMIT (every lock is still held
   then; the transaction's statistics count rows written by any statement, DO blocks included)
   and sampled from a second connection while it runs. Autocommit files have only the samples
   (a lock held for less than the sampling interval can be missed) and their statements' counts.
@@ -39,7 +41,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from runner import catalog, execute, history, observe
+from runner import batch, catalog, execute, history, observe
 from runner.config import Settings, redact
 from runner.discover import Analysis, Migration, discover
 from runner.errors import ConfigError, DatabaseUnavailable, RunnerError
@@ -47,6 +49,7 @@ from runner.migrate import (
     History,
     Locked,
     Report,
+    batches,
     connect,
     database_errors,
     execution_session,
@@ -98,21 +101,53 @@ def verify(settings: Settings, scratch_url: str | None) -> tuple[list[str], dict
             table = History(runner_conn, scratch, time.monotonic() + scratch.lock_wait_timeout, ConfigError).table
             before = catalog.fingerprint(conn)
             for migration in migrations:
+                analysis = analyses[migration.name]
+                rows = _rows(conn, analysis)
                 try:
-                    execute.apply(
-                        conn, migration, analyses[migration.name], table, session, execute.Attempt(), _no_tick, 1.0
-                    )
+                    if analysis.batch is not None:
+                        _batches_again(conn, runner_conn, migration, analysis, table, session, scratch)
+                    else:
+                        execute.apply(conn, migration, analysis, table, session, execute.Attempt(), _no_tick, 1.0)
                 except RunnerError as exc:
                     findings.append(f"{migration.name}: second application failed: {exc}")
                     continue
                 after = catalog.fingerprint(conn)
                 changes = catalog.difference(before, after)
+                if rows is not None and _rows(conn, analysis) != rows:
+                    changes.append(f"~ rows of {rows[0]}: the second application changed them")
                 if changes:
                     findings.append(
                         f"{migration.name}: second application changed the database:\n    " + "\n    ".join(changes)
                     )
                 before = after
     return findings, durations
+
+
+def _rows(conn: Conn, analysis: Analysis) -> tuple[str, str] | None:
+    """(table, digest of its rows) of the table a batched data file writes, if it is one and the table exists."""
+    if analysis.batch is None:
+        return None
+    name = ".".join(analysis.batch.written)
+    try:
+        return name, catalog.contents(conn, analysis.batch.written)
+    except psycopg.Error:
+        return None  # no such table (any more): the second application reports it
+
+
+def _batches_again(
+    conn: Conn,
+    runner_conn: Conn,
+    migration: Migration,
+    analysis: Analysis,
+    table: history.Table,
+    session: execute.Session,
+    settings: Settings,
+) -> None:
+    """Apply a batched data file a second time, from its first key (its progress says it is done)."""
+    progress = history.read_batches(runner_conn, table, migration.name).get(migration.name)
+    attempt = execute.Attempt()
+    retries = settings.ddl_lock_retries
+    batch.apply(conn, runner_conn, migration, analysis, table, session, attempt, batch.Quiet(), retries, progress)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,11 +294,13 @@ def rehearse(
 
 def rehearse_one(conn: Conn, locked: Locked, settings: Settings, migration: Migration, analysis: Analysis) -> Rehearsal:
     attempt = execute.Attempt()
-    probe = execute.Probe(catalog.INSPECT) if analysis.transactional else None
+    probe = execute.Probe(catalog.INSPECT) if analysis.transactional and analysis.batch is None else None
     with database_errors("rehearsal", settings), LockSampler(settings, conn.info.backend_pid) as sampler:
-        execute.apply(
-            conn, migration, analysis, locked.history.table, execution_session(settings), attempt, _no_tick, 1.0, probe
-        )
+        if analysis.batch is not None:
+            batches(locked, migration, analysis, settings, conn, batch.Quiet())(attempt)
+        else:
+            session = execution_session(settings)
+            execute.apply(conn, migration, analysis, locked.history.table, session, attempt, _no_tick, 1.0, probe)
         first, last = ([*attempt.probed.values(), [], []])[:2]
         sampler.record([(relation, mode) for kind, relation, mode in last if kind == "lock"])
     if probe:
@@ -271,7 +308,7 @@ def rehearse_one(conn: Conn, locked: Locked, settings: Settings, migration: Migr
             int(count or 0) for kind, _, count in first if kind == "rows"
         )
     else:
-        rows = attempt.rows  # autocommit files: their statements' row counts
+        rows = attempt.rows  # autocommit and batched files: their statements' row counts
     rehearsal = Rehearsal(
         migration.name, round((time.monotonic() - attempt.started) * 1000), rows, dict(sorted(sampler.locks.items()))
     )

@@ -1,9 +1,8 @@
 """``python -m bench.live``: the token monitor's traffic while a data change runs, side by side.
 
 Cases: baseline (traffic only); (a) a one-statement backfill; (b) the same backfill as a
-batched data file (once the runner applies ``-- runner: batch`` files); (b*) the same batches
-driven by the bench itself, as the executor would run them (``emulate_batches``); old 004 (copies every trade under ACCESS EXCLUSIVE, from git 0d66cbe) and
-new 004 (attaches the table as a partition). Every case runs in one invocation, one after the
+batched data file (``-- runner: batch``); old 004 (copies every trade under ACCESS EXCLUSIVE,
+from git 0d66cbe) and new 004 (attaches the table as a partition). Every case runs in one invocation, one after the
 other, on its own copy of the same database.
 
 Method (also written under the results table):
@@ -36,6 +35,7 @@ import os
 import platform
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -78,7 +78,6 @@ class Case:
     setup: list[tuple[str, str]] = field(default_factory=list)  # (file name, SQL)
     operation: tuple[str, str] | None = None
     rows: Callable[[psycopg.Connection[tuple[object, ...]]], int] | None = None  # rows the operation wrote
-    emulate: Callable[[str], str] | None = None  # instead of a file: run this against the database URL
 
 
 @dataclass
@@ -111,40 +110,6 @@ def filled_tokens(conn: psycopg.Connection[tuple[object, ...]]) -> int:
     return int(row[0]) if row else 0
 
 
-def emulate_batches(url: str, batch_size: int = 2000, pause: float = 0.02) -> str:
-    """What a batch executor would do with backfill_batch.sql, driven from here until the runner can.
-
-    Each batch is one autocommit statement: the file's UPDATE with its WHERE clause extended by
-    the next range of the primary key, mint_address > last AND mint_address <= upper, where
-    upper is the batch_size-th key after last (an index-only scan). Then a pause.
-    """
-    text = (HERE / "backfill_batch.sql").read_text()
-    statement = text.split("-- ==== START MIGRATION ====")[1].split("-- ==== END MIGRATION ====")[0].strip()
-    ranged = (
-        statement.rstrip(";")
-        + " AND mint_address > %(last)s AND (%(upper)s::text IS NULL OR mint_address <= %(upper)s)"
-    )
-    batches, longest = 0, 0.0
-    with psycopg.connect(url, autocommit=True) as conn:
-        last = ""
-        while True:
-            found = conn.execute(
-                "SELECT mint_address FROM tokens_unified WHERE mint_address > %s ORDER BY mint_address"
-                " OFFSET %s LIMIT 1",
-                [last, batch_size - 1],
-            ).fetchone()
-            upper = found[0] if found else None
-            started = time.monotonic()
-            conn.execute(ranged, {"last": last, "upper": upper})
-            longest = max(longest, time.monotonic() - started)
-            batches += 1
-            if upper is None:
-                break
-            last = upper
-            time.sleep(pause)
-    return f"{batches} batches of {batch_size} keys, {pause * 1000:g} ms pause, longest batch {longest * 1000:.0f} ms"
-
-
 def cases() -> dict[str, Case]:
     add_column = ("004_add_token_market_cap_sol.sql", (HERE / "add_column.sql").read_text())
     return {
@@ -162,14 +127,6 @@ def cases() -> dict[str, Case]:
             [add_column],
             ("005_backfill_token_market_cap_sol.sql", (HERE / "backfill_batch.sql").read_text()),
             filled_tokens,
-        ),
-        "b-emulated": Case(
-            "b-emulated",
-            "(b*) batches driven by the bench",
-            [add_column],
-            None,
-            filled_tokens,
-            emulate_batches,
         ),
         "old004": Case("old004", f"(c) old 004 ({OLD_004_COMMIT})", [], ("004_partition_trades_table.sql", old_004())),
         "new004": Case(
@@ -287,13 +244,11 @@ class Bench:
             time.sleep(self.args.warmup)
             note, work = "", 0.0
             start = time.time()
-            if case.emulate is not None:
-                note = case.emulate(self.cluster.url(db))
-            elif case.operation is None:
+            if case.operation is None:
                 time.sleep(self.args.baseline)
             else:
                 (directory / case.operation[0]).write_text(case.operation[1])
-                done = self.runner(db, directory, "migrate")
+                done = self.runner(db, directory, "migrate", "--log-level", "debug")
                 note, work = runner_note(done)
             end = time.time()
             op_seconds = end - start
@@ -321,13 +276,23 @@ class Bench:
 
 def runner_note(done: subprocess.CompletedProcess[str]) -> tuple[str, float]:
     """A note on the runner's run, and the applied migration's own duration in seconds."""
-    events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    events = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]  # logs go to stderr
     retries = sum(1 for e in events if e.get("event") == "ddl_lock_retry")
     if done.returncode != 0:
         failed = next((e for e in events if e.get("event") == "run_failed"), {})
         raise SystemExit(f"the operation failed (exit {done.returncode}): {failed.get('error', done.stderr[-500:])}")
     applied = sum(e["duration_ms"] for e in events if e.get("event") == "migration_applied") / 1000
-    return f"runner exit 0, {retries} lock-timeout retries, migration {applied:.1f} s", applied
+    note = f"runner exit 0, {retries} lock-timeout retries, migration {applied:.1f} s"
+    batches = [e for e in events if e.get("event") == "batch_committed"]
+    if batches:
+        sizes = [e["rows_done"] - b["rows_done"] for b, e in zip([{"rows_done": 0}, *batches], batches, strict=False)]
+        throttled = sum(1 for e in events if e.get("event") == "batch_throttled")
+        note += (
+            f"; {len(batches)} batches of {min(sizes[:-1] or sizes):,} to {max(sizes):,} keys (median"
+            f" {statistics.median(sizes):,.0f}), longest {max(e['duration_ms'] for e in batches):.0f} ms,"
+            f" median {statistics.median(e['duration_ms'] for e in batches):.0f} ms, {throttled} throttled"
+        )
+    return note, applied
 
 
 def rows_kept(conn: psycopg.Connection[tuple[object, ...]], trades: int) -> str:
@@ -406,7 +371,7 @@ def plot(outcomes: list[Outcome], path: Path) -> None:
     fig.savefig(path, dpi=90)
 
 
-def report(bench: Bench, outcomes: list[Outcome], skipped: list[str], png: Path) -> str:
+def report(bench: Bench, outcomes: list[Outcome], png: Path) -> str:
     args = bench.args
     psql = subprocess.run([str(bench.bindir / "postgres"), "--version"], capture_output=True, text=True, check=False)
     baseline = next((o for o in outcomes if o.case.key == "baseline"), None)
@@ -433,7 +398,6 @@ def report(bench: Bench, outcomes: list[Outcome], skipped: list[str], png: Path)
     lines += [row(outcome, baseline) for outcome in outcomes]
     lines += ["", f"![application latency over time]({png.name})", ""]
     notes = [f"- {o.case.title}: {o.note.lstrip('; ')}" for o in outcomes if o.note]
-    notes += [f"- {reason}" for reason in skipped]
     if notes:
         lines += ["Notes:", "", *notes, ""]
     lines += [
@@ -444,8 +408,8 @@ def report(bench: Bench, outcomes: list[Outcome], skipped: list[str], png: Path)
             "- p50/p99/max: over the application's transactions due while the operation ran; max write: the"
             " longest insert or token update among them; failed: transactions pgbench logged as failed plus"
             " aborted clients. operation s: wall time from starting the runner to its exit; throughput: rows"
-            " written per second of the migration's own duration (the runner's duration_ms; the bench's own"
-            " batches: their wall time)."
+            " written per second of the migration's own duration (the runner's duration_ms, for a batched file"
+            " from its first batch to its last, pauses included)."
         ),
         (
             "- One shared 2-core machine: other engineers' test suites may run meanwhile (the load averages in"
@@ -468,7 +432,7 @@ def main() -> int:
     parser.add_argument("--baseline", type=float, default=30, help="seconds of the baseline window")
     parser.add_argument(
         "--cases",
-        default="baseline,a,b,b-emulated,old004,new004",
+        default="baseline,a,b,old004,new004",
         help="comma-separated, in order (default: all)",
     )
     parser.add_argument("--base", default="/dev/shm", help="parent directory of the data directory (default tmpfs)")
@@ -477,27 +441,17 @@ def main() -> int:
     chosen = [known[key] for key in args.cases.split(",")]
     cluster = Cluster(major=18, base=args.base if Path(args.base).is_dir() else None, settings=SERVER_SETTINGS)
     cluster.start()
-    outcomes, skipped = [], []
+    outcomes = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
             bench = Bench(cluster, Path(tmp), args)
-            batch = known["b"]
-            if batch in chosen and batch.operation is not None:
-                probe = bench.migrations_dir("probe-b", [*batch.setup, batch.operation])
-                checked = bench.runner("postgres", probe, "validate")
-                if checked.returncode != 0:
-                    chosen.remove(batch)
-                    skipped.append(
-                        "(b) batched backfill: skipped, this runner does not apply `-- runner: batch` files yet"
-                        " (bench/live/backfill_batch.sql is ready for it)"
-                    )
             bench.template()
             outcomes = [bench.run_case(case) for case in chosen]
             RESULTS.mkdir(exist_ok=True)
             stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H%MZ")
             png = RESULTS / "live-latest.png"
             plot(outcomes, png)
-            text = report(bench, outcomes, skipped, png)
+            text = report(bench, outcomes, png)
     finally:
         cluster.stop()
     (RESULTS / f"live-{stamp}.md").write_text(text)

@@ -21,8 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner.discover import DIRECTIVE, MIGRATION_NAME, Migration, leading_block
-from runner.errors import Problem
+from runner.discover import DIRECTIVE, MIGRATION_NAME, Migration, batch_target, leading_block, parse
+from runner.errors import Problem, ValidationError
 from runner.lint import checks, plpgsql, source
 from runner.lint.rules import RULES, resolve
 
@@ -51,6 +51,8 @@ STRUCTURE_HINTS = {
     "plpgsql": "fix the body: PostgreSQL rejects it when the DO block runs or the function is created",
     "waiver": 'write -- runner: allow=RULE reason="why" with a rule id, a squawk rule name or a family',
     "misplaced": "directives only count in the leading comment block: move it to the top of the file",
+    "batch": "a batch file holds one UPDATE, DELETE or INSERT ... SELECT of one table that key ranges can split "
+    "(README: Batched data files)",
 }
 
 
@@ -106,6 +108,8 @@ class Linter:
         units, problems = source.units(migration)
         spans = {u.statement.line: u.statement.line_at(len(u.statement.text.rstrip())) for u in units}
         raw = [structure(problem) for problem in problems]
+        if migration.directives.batch is not None and not problems:
+            raw += batch_problems(migration)
         if project:
             raw += header(migration)
         items, body_problems = expand(units)
@@ -140,6 +144,16 @@ class Linter:
             if r.rule in self.severities and r.rule not in file_waived and r.rule not in covered.get(r.line, set())
         ]
         return sorted(found, key=lambda f: (f.line, f.rule, f.message))
+
+
+def batch_problems(migration: Migration) -> list[checks.Raw]:
+    """Why the runner would refuse this batched data file (the same check as ``discover.analyse``)."""
+    statements, problems = parse(migration)
+    try:
+        batch_target(migration, list(statements))
+    except ValidationError as exc:
+        problems += exc.problems
+    return [structure(problem) for problem in problems]
 
 
 def structure(problem: Problem) -> checks.Raw:
