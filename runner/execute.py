@@ -404,12 +404,12 @@ def apply(
     ``attempt`` is updated as the server reports progress (see ``Attempt``); ``probe`` runs
     inside a transactional migration (rehearse), its rows in ``attempt.probed``.
     """
-    timeouts = timeouts_of(migration, session)
+    job = Job(conn, migration, analysis, table, session, timeouts_of(migration, session), attempt, tick, tick_s)
     pin_lexing(conn)
     if analysis.transactional:
-        _apply_transactional(conn, migration, analysis, table, session, timeouts, attempt, tick, tick_s, probe)
+        job.transactional(probe)
     else:
-        _apply_autocommit(conn, migration, analysis, table, session, timeouts, attempt, tick, tick_s)
+        job.autocommit()
 
 
 def timeouts_of(migration: Migration, session: Session) -> Timeouts:
@@ -421,98 +421,84 @@ def timeouts_of(migration: Migration, session: Session) -> Timeouts:
     )
 
 
-def _send(
-    conn: Conn,
-    migration: Migration,
-    message: Message,
-    table: history.Table,
-    attempt: Attempt,
-    tick: Tick,
-    tick_s: float,
-) -> None:
-    error = exchange(conn, message, attempt, tick, tick_s)
-    if error is not None:
-        index = attempt.completed
-        if not error.connection_lost:
-            rollback(conn)
-        raise failure(migration, message, error, index, table)
+@dataclass(frozen=True)
+class Job:
+    """One attempt at one migration: what ``apply`` works with, and its two ways of running."""
 
+    conn: Conn
+    migration: Migration
+    analysis: Analysis
+    table: history.Table
+    session: Session
+    timeouts: Timeouts
+    attempt: Attempt
+    tick: Tick
+    tick_s: float
 
-def _apply_transactional(
-    conn: Conn,
-    migration: Migration,
-    analysis: Analysis,
-    table: history.Table,
-    session: Session,
-    timeouts: Timeouts,
-    attempt: Attempt,
-    tick: Tick,
-    tick_s: float,
-    probe: Probe | None,
-) -> None:
-    head = [*opening(session, timeouts, transaction=True), *([probe.sql] if probe else [])]
-    tail = [*([probe.sql] if probe else []), *recording(session, table, migration, None)]
-    prefix = ";\n".join(head) + ";\n"
-    count = len(analysis.statements)
-    message = Message(
-        text=prefix + migration.sql + "\n;\n" + ";\n".join(tail),
-        before=len(head),
-        statements=analysis.statements,
-        file_offset=len(prefix),
-        total=len(head) + count + len(tail),
-        commits=True,
-        record=len(head) + count + len(tail) - 2,
-        keep=frozenset({len(head) - 1, len(head) + count}) if probe else frozenset(),
-    )
-    _send(conn, migration, message, table, attempt, tick, tick_s)
+    def send(self, message: Message) -> None:
+        """Run ``message``; on an error roll back (if the connection lives) and raise the runner's error."""
+        error = exchange(self.conn, message, self.attempt, self.tick, self.tick_s)
+        if error is not None:
+            index = self.attempt.completed
+            if not error.connection_lost:
+                rollback(self.conn)
+            raise failure(self.migration, message, error, index, self.table)
 
+    def transactional(self, probe: Probe | None) -> None:
+        """The whole file, verbatim, in one message with its reset, settings, record and COMMIT."""
+        head = [*opening(self.session, self.timeouts, transaction=True), *([probe.sql] if probe else [])]
+        tail = [*([probe.sql] if probe else []), *recording(self.session, self.table, self.migration, None)]
+        prefix = ";\n".join(head) + ";\n"
+        count = len(self.analysis.statements)
+        self.send(
+            Message(
+                text=prefix + self.migration.sql + "\n;\n" + ";\n".join(tail),
+                before=len(head),
+                statements=self.analysis.statements,
+                file_offset=len(prefix),
+                total=len(head) + count + len(tail),
+                commits=True,
+                record=len(head) + count + len(tail) - 2,
+                keep=frozenset({len(head) - 1, len(head) + count}) if probe else frozenset(),
+            )
+        )
 
-def _apply_autocommit(
-    conn: Conn,
-    migration: Migration,
-    analysis: Analysis,
-    table: history.Table,
-    session: Session,
-    timeouts: Timeouts,
-    attempt: Attempt,
-    tick: Tick,
-    tick_s: float,
-) -> None:
-    _send(conn, migration, Message.of(opening(session, timeouts, transaction=False)), table, attempt, tick, tick_s)
-    built: list[int] = []
-    for previous, statement in zip((None, *analysis.statements), analysis.statements, strict=False):
-        changed = lexing_changed(conn)
-        if changed:
-            where = f"the statement at line {previous.line}" if previous else "the session set-up"
+    def autocommit(self) -> None:
+        """Statement by statement, each its exact slice, then the record in a transaction of its own."""
+        conn, migration, statements = self.conn, self.migration, self.analysis.statements
+        self.send(Message.of(opening(self.session, self.timeouts, transaction=False)))
+        built: list[int] = []
+        for previous, statement in zip((None, *statements), statements, strict=False):
+            changed = lexing_changed(conn)
+            if changed:
+                where = f"the statement at line {previous.line}" if previous else "the session set-up"
+                raise MigrationFailed(
+                    migration.name,
+                    f"{where} changed {changed}: the server would no longer split the rest of the file as it was "
+                    "validated; the runner stops here (keep such settings inside one statement, or out of the file)",
+                    sqlstate=None,
+                    line=statement.line,
+                )
+            guard = IndexGuard.before(conn, migration, statement) if statement.concurrent_index else None
+            unbounded = statement.concurrently and migration.directives.lock_timeout is None
+            if unbounded:  # its waits block no one; a lock_timeout would only throw the build away
+                conn.execute(set_statement("lock_timeout", "0", local=False))
+            self.send(Message(statement.text, 0, (statement,), None, 1))
+            if unbounded:
+                conn.execute(set_statement("lock_timeout", duration(self.timeouts.lock), local=False))
+            if guard:
+                built += guard.after(conn, migration)
+        invalid = [name for name, valid in _indexes(conn, built) if not valid]
+        if invalid:
             raise MigrationFailed(
                 migration.name,
-                f"{where} changed {changed}: the server would no longer split the rest of the file as it was "
-                "validated; the runner stops here (keep such settings inside one statement, or out of the file)",
+                f"index {', '.join(invalid)} is INVALID after the migration (the next run drops and rebuilds it)",
                 sqlstate=None,
-                line=statement.line,
+                line=None,
             )
-        guard = IndexGuard.before(conn, migration, statement) if statement.concurrent_index else None
-        unbounded = statement.concurrently and migration.directives.lock_timeout is None
-        if unbounded:  # its waits block no one; a lock_timeout would only throw the build away
-            conn.execute(set_statement("lock_timeout", "0", local=False))
-        message = Message(statement.text, 0, (statement,), None, 1)
-        _send(conn, migration, message, table, attempt, tick, tick_s)
-        if unbounded:
-            conn.execute(set_statement("lock_timeout", duration(timeouts.lock), local=False))
-        if guard:
-            built += guard.after(conn, migration)
-    invalid = [name for name, valid in _indexes(conn, built) if not valid]
-    if invalid:
-        raise MigrationFailed(
-            migration.name,
-            f"index {', '.join(invalid)} is INVALID after the migration (it is dropped and rebuilt by the next run)",
-            sqlstate=None,
-            line=None,
-        )
-    elapsed_ms = round((time.monotonic() - attempt.started) * 1000)
-    record = Message.of(["BEGIN", *recording(session, table, migration, elapsed_ms)], commits=True)
-    record = dataclasses.replace(record, record=record.total - 2)
-    _send(conn, migration, record, table, attempt, tick, tick_s)
+        elapsed_ms = round((time.monotonic() - self.attempt.started) * 1000)
+        record = Message.of(["BEGIN", *recording(self.session, self.table, migration, elapsed_ms)], commits=True)
+        self.send(dataclasses.replace(record, record=record.total - 2))
 
 
 def _indexes(conn: Conn, oids: Sequence[int]) -> list[tuple[str, bool]]:

@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any, TextIO, TypedDict
+from typing import Any, TextIO, TypedDict, Unpack
 
 import structlog
 
@@ -336,16 +336,7 @@ class Totals(TypedDict):
     durations_s: dict[str, float]
 
 
-def outcome(
-    run: RunMetrics,
-    *,
-    exit_code: int,
-    run_duration_s: float,
-    applied: int,
-    pending: int | None,
-    lock_wait_s: float,
-    durations_s: dict[str, float],
-) -> None:
+def outcome(run: RunMetrics, *, exit_code: int, run_duration_s: float, **totals: Unpack[Totals]) -> None:
     """Record a run's outcome and push it."""
     run.finished_at = time.time()
     run.succeeded = exit_code == 0
@@ -353,7 +344,8 @@ def outcome(
     run.run_duration_s = run_duration_s
     run.lock_wait_started = 0.0
     run.running_since, run.running_ratio = 0.0, None
-    run.applied, run.pending, run.lock_wait_s, run.durations_s = applied, pending, lock_wait_s, durations_s
+    run.applied, run.pending = totals["applied"], totals["pending"]
+    run.lock_wait_s, run.durations_s = totals["lock_wait_s"], totals["durations_s"]
     push(run, "finished")
 
 
@@ -363,25 +355,9 @@ def batch_progress(rows_done: float, rate: float, remaining_s: float | None, run
     push(run, "batch_progress", BATCH_FAMILIES)
 
 
-def finish(
-    *,
-    exit_code: int,
-    run_duration_s: float,
-    applied: int,
-    pending: int | None,
-    lock_wait_s: float,
-    durations_s: dict[str, float],
-) -> None:
+def finish(*, exit_code: int, run_duration_s: float, **totals: Unpack[Totals]) -> None:
     """Deliver the process's own outcome: push (``outcome`` of ``RUN``), textfile, linger for scrapes."""
-    outcome(
-        RUN,
-        exit_code=exit_code,
-        run_duration_s=run_duration_s,
-        applied=applied,
-        pending=pending,
-        lock_wait_s=lock_wait_s,
-        durations_s=durations_s,
-    )
+    outcome(RUN, exit_code=exit_code, run_duration_s=run_duration_s, **totals)
     if DELIVERY.metrics_file:
         from prometheus_client import write_to_textfile  # noqa: PLC0415
 
