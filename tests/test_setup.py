@@ -1,15 +1,25 @@
-"""What the README's set-up commands rely on: server binaries unpacked safely on every Python 3.11."""
+"""What the README's set-up commands rely on: server binaries unpacked safely on every Python
+3.11, the demo command from a checkout only its owner can enter, and CI's guard against a bare
+``python3`` in the tests."""
 
 from __future__ import annotations
 
 import io
+import json
 import os
+import shutil
+import subprocess
+import sys
 import tarfile
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.pgcluster import unpack
+from tests.pgcluster import REPO, unpack
+
+RUNTIME = {"migration-runner", "psycopg", "psycopg-binary", "structlog", "prometheus-client", "pglast"}
 
 
 def tarball(path: Path, members: list[tuple[str, str, str]], uid: int = 1001) -> Path:
@@ -73,3 +83,62 @@ def test_unpack_extracts_an_ordinary_tarball_owned_by_the_caller(tmp_path: Path)
     assert (target / "pg/bin/postmaster").resolve() == (target / "pg/bin/postgres").resolve()
     assert (target / "pg/bin/initdb").read_text() == "#!/bin/sh\n"
     assert {(target / name).lstat().st_uid for name in ("pg", "pg/bin/postgres", "pg/bin/postmaster")} == {os.getuid()}
+
+
+@pytest.fixture
+def private_checkout() -> Iterator[Path]:
+    """A copy of this working tree (tracked and new files) inside a mode-700 directory, like a
+    checkout under /root."""
+    private = Path(tempfile.mkdtemp(prefix="runner-private-"))
+    private.chmod(0o700)
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    )
+    for name in filter(None, listed.stdout.decode().split("\0")):
+        source, dest = REPO / name, private / "checkout" / name
+        if source.exists() or source.is_symlink():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest, follow_symlinks=False)
+    yield private / "checkout"
+    shutil.rmtree(private, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_demo_command_from_a_private_checkout_installs_only_the_runtime(private_checkout: Path) -> None:
+    """`bash .ci/dev migrate` in a fresh checkout under a mode-700 directory applies the bundled
+    migrations to a throw-away server (run as nobody when we are root) and installs nothing but the
+    runner and its runtime dependencies."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNNER_", "DATABASE_URL", "PG"))}
+    env["PYTHON"] = sys.executable  # the tests' PATH may hold CI's failing python3
+    demo = subprocess.run(
+        ["bash", ".ci/dev", "migrate"], cwd=private_checkout, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert "exit 0 after" in demo.stderr
+    venv_python = private_checkout / ".venv" / "bin" / "python"
+    listed = subprocess.run(
+        [str(venv_python), "-m", "pip", "list", "--format=json"], capture_output=True, text=True, check=True
+    )
+    installed = {p["name"].lower().replace("_", "-") for p in json.loads(listed.stdout)}
+    assert installed >= RUNTIME
+    assert installed - RUNTIME <= {"pip", "setuptools", "typing-extensions"}
+    size = sum(p.stat().st_size for p in (private_checkout / ".venv").rglob("*") if p.is_file() and not p.is_symlink())
+    print(f"\ndemo .venv: {size / 2**20:.0f} MiB")
+
+
+def test_bare_python3_fails_in_ci() -> None:
+    """Under CI (or `bash .ci/dev test`) the first python3 and python on PATH fail loudly, so a test
+    that runs a bare python3 instead of sys.executable fails."""
+    if not (os.environ.get("CI") or os.environ.get("RUNNER_PYTHON_GUARD")):
+        pytest.skip("only CI and `bash .ci/dev test` put the guard on PATH")
+    for name in ("python3", "python"):
+        found = shutil.which(name)
+        assert found is not None
+        assert Path(found).parent == REPO / ".ci" / "guard"
+        bare = subprocess.run([found, "-c", "print('ran')"], capture_output=True, text=True)
+        assert bare.returncode != 0
+        assert "ran" not in bare.stdout
+        assert "sys.executable" in bare.stderr
