@@ -301,7 +301,7 @@ def source_values(source: str, db: Database, images: dict[str, str]) -> dict[str
     """The example app's values for one way of shipping migrations (the README's, with the test's images);
     the app container prints the status of the migrations it carries."""
     app_dir = readme_values(charts.FROM_IMAGE)["migrations"]["fromImage"]["path"]
-    runner = {**image_values(db, images["own-image"] if source == "own-image" else IMAGE)}
+    runner = image_values(db, images["own-image"] if source == "own-image" else IMAGE)
     app = {"image": images["app"], "args": ["status", "--migrations-dir", app_dir]}
     if source == "from-image":
         from_image = readme_values(charts.FROM_IMAGE)["migrations"]["fromImage"]
