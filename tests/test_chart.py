@@ -8,33 +8,27 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import helm_python
+import kubernetes_validate
 import pytest
 import yaml
 
 from runner import __version__
+from tests import charts
+from tests.charts import (
+    CHART,
+    EXAMPLE_MIGRATIONS,
+    KUBE_VERSION,
+    example_app,
+    manifests,
+    readme_example,
+    readme_values,
+    render,
+)
 
-helm_python = pytest.importorskip("helm_python")
-kubernetes_validate = pytest.importorskip("kubernetes_validate")
-
-REPO = Path(__file__).resolve().parent.parent
-CHART = REPO / "helm" / "migration-runner"
-KUBE_VERSION = "1.30.0"
 BASE_VALUES = {"database": {"existingSecret": "shop-database"}}
-
-
-def render(values: dict[str, Any] | None = None, chart: Path = CHART) -> dict[str, list[dict[str, Any]]]:
-    """Template path -> the manifests it rendered (empty documents dropped)."""
-    with helm_python.Chart.load(chart) as loaded:
-        rendered = loaded.render(values, name="shop", namespace="prod", is_install=True)
-    return {
-        path: [doc for doc in yaml.safe_load_all(text) if doc]
-        for path, text in rendered.items()
-        if not path.endswith("NOTES.txt")
-    }
-
-
-def manifests(values: dict[str, Any] | None = None, chart: Path = CHART) -> list[dict[str, Any]]:
-    return [doc for docs in render(values, chart).values() for doc in docs]
+FROM_IMAGE = readme_values(charts.FROM_IMAGE)  # the README's examples, as written
+CONFIG_MAP = readme_values(charts.CONFIG_MAP)
 
 
 def of_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
@@ -63,6 +57,8 @@ VARIANTS = {
             "extraArgs": ["--ddl-lock-timeout=2s"],
         },
     },
+    "from-image": {**BASE_VALUES, **FROM_IMAGE},
+    "config-map": {**BASE_VALUES, **CONFIG_MAP},
 }
 
 
@@ -112,9 +108,15 @@ def test_job_is_a_hook_with_the_restricted_profile() -> None:
 
 
 def test_restricted_profile_of_every_pod(example: Path) -> None:
-    """Every container of every pod the charts render (Job, and the example app's init container) meets
-    the restricted Pod Security Standard's container rules."""
-    for docs in (manifests(BASE_VALUES), manifests(None, example)):
+    """Every container of every pod the charts render (Job, the example app's init containers, and the
+    copy of migrations.fromImage in both) meets the restricted Pod Security Standard's container rules."""
+    for docs in (
+        manifests(BASE_VALUES),
+        manifests(VARIANTS["from-image"]),
+        manifests(None, example),
+        manifests({"migration-runner": FROM_IMAGE}, example),
+        manifests({"migration-runner": CONFIG_MAP}, example),
+    ):
         for doc in docs:
             if doc["kind"] not in {"Job", "Deployment"}:
                 continue
@@ -202,6 +204,15 @@ def test_prometheus_rule_is_the_shipped_rules(tmp_path: Path) -> None:
     ("values", "message"),
     [
         ({**BASE_VALUES, "job": {"backoffLimit": 7}}, "/job/backoffLimit"),
+        (
+            {**BASE_VALUES, "migrations": {**FROM_IMAGE["migrations"], **CONFIG_MAP["migrations"]}},
+            "fromImage and configMap are mutually exclusive: set only one of them",
+        ),
+        ({**BASE_VALUES, "migrations": {"fromImage": {"repository": "shop/app"}}}, "/migrations/fromImage/tag"),
+        (
+            {**BASE_VALUES, "migrations": {"fromImage": {"repository": "shop/app", "tag": "1", "path": "db"}}},
+            "/migrations/fromImage/path",
+        ),
         ({**BASE_VALUES, "initContainer": {"command": "mirgate"}}, "/initContainer/command"),
         ({**BASE_VALUES, "jbo": {}}, "jbo"),
         (
@@ -232,11 +243,8 @@ def test_wrong_values_are_refused_with_a_clear_message(values: dict[str, Any], m
 
 @pytest.fixture(scope="module")
 def example(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of helm/ with the example app's dependency vendored (the repo stays untouched)."""
-    root = tmp_path_factory.mktemp("charts") / "helm"
-    shutil.copytree(REPO / "helm", root, ignore=shutil.ignore_patterns("charts", "Chart.lock"))
-    helm_python.dependency_update(root / "examples" / "app", skip_refresh=True)
-    return root / "examples" / "app"
+    """The example app's chart, its dependency vendored in a copy (the repo stays untouched)."""
+    return example_app(tmp_path_factory.mktemp("charts"))
 
 
 def test_example_app_renders_the_init_container(example: Path) -> None:
@@ -252,6 +260,113 @@ def test_example_app_renders_the_init_container(example: Path) -> None:
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
     for doc in docs:
         kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+
+
+def pod_of(doc: dict[str, Any]) -> dict[str, Any]:
+    return dict(doc["spec"]["template"]["spec"])
+
+
+def test_from_image_copies_the_migrations_where_the_runner_reads_them() -> None:
+    """migrations.fromImage: an init container of the application's image copies `path` into an emptyDir
+    (cp -R, restricted like the runner), which the runner mounts read-only at migrations.dir; a failed
+    copy fails the Job at once."""
+    source = FROM_IMAGE["migrations"]["fromImage"]
+    job = of_kind(manifests(VARIANTS["from-image"]), "Job")
+    pod = pod_of(job)
+    (copy,) = pod["initContainers"]
+    (runner,) = pod["containers"]
+    assert copy["image"] == f"{source['repository']}:{source['tag']}"
+    assert copy["command"] == ["cp", "-R", f"{source['path']}/.", "/runner-migrations/"]
+    assert copy["volumeMounts"] == [{"name": "migrations", "mountPath": "/runner-migrations"}]
+    for key in ("securityContext", "resources", "terminationMessagePolicy"):
+        assert copy[key] == runner[key]
+    assert {"name": "migrations", "mountPath": "/migrations", "readOnly": True} in runner["volumeMounts"]
+    assert {"name": "MIGRATIONS_DIR", "value": "/migrations"} in runner["env"]
+    assert {"name": "migrations", "emptyDir": {}} in pod["volumes"]
+    assert {
+        "action": "FailJob",
+        "onExitCodes": {"containerName": "copy-migrations", "operator": "NotIn", "values": [0]},
+    } in job["spec"]["podFailurePolicy"]["rules"]
+
+
+def test_from_image_command_and_directory_are_configurable() -> None:
+    """An image without cp sets fromImage.command; migrations.dir moves the mount and MIGRATIONS_DIR together."""
+    command = ["/bin/busybox", "cp", "-R", "/srv/db/.", "/runner-migrations/"]
+    values = {
+        **BASE_VALUES,
+        "migrations": {
+            "dir": "/var/migrations",
+            "fromImage": {**FROM_IMAGE["migrations"]["fromImage"], "command": command},
+        },
+    }
+    pod = pod_of(of_kind(manifests(values), "Job"))
+    assert pod["initContainers"][0]["command"] == command
+    (runner,) = pod["containers"]
+    assert {"name": "migrations", "mountPath": "/var/migrations", "readOnly": True} in runner["volumeMounts"]
+    assert {"name": "MIGRATIONS_DIR", "value": "/var/migrations"} in runner["env"]
+
+
+def test_config_map_is_mounted_where_the_runner_reads_it() -> None:
+    """migrations.configMap (its name, a template): that ConfigMap mounted read-only at migrations.dir,
+    no copy; without either option nothing is mounted and the image's own files are read."""
+    pod = pod_of(of_kind(manifests(VARIANTS["config-map"]), "Job"))
+    assert "initContainers" not in pod
+    assert {"name": "migrations", "configMap": {"name": "shop-migrations", "optional": False}} in pod["volumes"]
+    assert {"name": "migrations", "mountPath": "/migrations", "readOnly": True} in pod["containers"][0]["volumeMounts"]
+    bundled = pod_of(of_kind(manifests(BASE_VALUES), "Job"))
+    assert [v["name"] for v in bundled["volumes"]] == ["database-url"]
+    assert [m["name"] for m in bundled["containers"][0]["volumeMounts"]] == ["database-url"]
+
+
+def test_example_app_ships_its_migrations_in_a_hook_config_map(example: Path) -> None:
+    """With migrations.configMap the example app (the README's template, as written) renders its
+    migrations/*.sql as a ConfigMap, one key per file with the file's exact text, created as a hook
+    before the Job; its pods' init container and the Job mount it."""
+    template = (example / "templates" / "migrations-configmap.yaml").read_text().splitlines()
+    assert all(line in template for line in readme_example(charts.CONFIG_MAP_TEMPLATE).splitlines())
+    docs = manifests({"migration-runner": CONFIG_MAP}, example)
+    config_map, job, deployment = of_kind(docs, "ConfigMap"), of_kind(docs, "Job"), of_kind(docs, "Deployment")
+    assert config_map["metadata"]["name"] == "shop-migrations"
+    assert config_map["data"] == {path.name: path.read_text() for path in EXAMPLE_MIGRATIONS.glob("*.sql")}
+    annotations = config_map["metadata"]["annotations"]
+    assert annotations["helm.sh/hook"] == job["metadata"]["annotations"]["helm.sh/hook"]
+    assert int(annotations["helm.sh/hook-weight"]) < int(job["metadata"]["annotations"]["helm.sh/hook-weight"])
+    for pod in (pod_of(job), pod_of(deployment)):
+        assert {"name": "migrations", "configMap": {"name": "shop-migrations", "optional": False}} in pod["volumes"]
+    (init,) = pod_of(deployment)["initContainers"]
+    assert {"name": "migrations", "mountPath": "/migrations", "readOnly": True} in init["volumeMounts"]
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+
+
+def test_example_app_copies_from_its_image_then_waits(example: Path) -> None:
+    """With migrations.fromImage the example app's pods first copy the migrations out of the app image,
+    then wait for them to be applied, reading the copy."""
+    docs = manifests({"migration-runner": FROM_IMAGE}, example)
+    pod = pod_of(of_kind(docs, "Deployment"))
+    copy, wait = pod["initContainers"]
+    assert (copy["name"], wait["name"], wait["args"][0]) == ("copy-migrations", "migration-runner", "wait")
+    assert {"name": "migrations", "mountPath": "/migrations", "readOnly": True} in wait["volumeMounts"]
+    assert {"name": "migrations", "emptyDir": {}} in pod["volumes"]
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+
+
+@pytest.mark.parametrize(("extra", "fails"), [(0, False), (1, True)])
+def test_config_map_over_one_mib_fails_the_render(tmp_path: Path, extra: int, fails: bool) -> None:
+    """Migrations filling exactly the 1 MiB a ConfigMap holds (keys included) render; one byte more fails the
+    render with a message naming the size and the alternative, before anything reaches a cluster."""
+    chart = example_app(tmp_path)
+    used = sum(len(path.name) + len(path.read_bytes()) for path in EXAMPLE_MIGRATIONS.glob("*.sql"))
+    filler = "003_filler.sql"
+    (chart / "migrations" / filler).write_text("x" * (2**20 - used - len(filler) + extra))
+    values = {"migration-runner": CONFIG_MAP}
+    if fails:
+        with pytest.raises(helm_python.HelmError, match=rf"take {2**20 + 1} bytes, over the 1 MiB \(1048576 bytes\)"):
+            render(values, chart)
+    else:
+        config_map = of_kind(manifests(values, chart), "ConfigMap")
+        assert sum(len(key) + len(value) for key, value in config_map["data"].items()) == 2**20
 
 
 def test_chart_version_matches_the_runner() -> None:

@@ -1,7 +1,9 @@
 """The built image, and the chart's pods, run for real with podman against the test PostgreSQL.
 
 Needs RUNNER_TEST_IMAGE (``bash .ci/image`` builds it; ``bash .ci/dev test`` sets it when run
-as root). Containers use the host network, a read-only root filesystem and user 65532.
+as root). Containers use the host network, a read-only root filesystem and user 65532. podman
+reads .ci/containers.conf (unless CONTAINERS_CONF says otherwise), never /etc/containers. Every
+image, pod and volume a test creates is removed again, also when it fails.
 """
 
 from __future__ import annotations
@@ -16,14 +18,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import helm_python
+import kubernetes_validate
 import pytest
 import yaml
 
+from tests import charts
+from tests.charts import EXAMPLE_MIGRATIONS, REPO, example_app, manifests, readme_example, readme_values
 from tests.conftest import Database, parse_events
 
 IMAGE = os.environ.get("RUNNER_TEST_IMAGE", "")
-REPO = Path(__file__).resolve().parent.parent
+PODMAN_ENV = {"CONTAINERS_CONF": str(REPO / ".ci" / "containers.conf"), **os.environ}
 pytestmark = [
     pytest.mark.skipif(not IMAGE, reason="RUNNER_TEST_IMAGE not set (bash .ci/image builds the image)"),
     pytest.mark.slow,
@@ -36,7 +40,7 @@ def podman(*args: str, env: dict[str, str] | None = None, timeout: float = 120) 
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, **(env or {})},
+        env={**PODMAN_ENV, **(env or {})},
         check=False,
     )
 
@@ -154,19 +158,30 @@ def pod_manifest(template_pod: dict[str, Any], name: str, secrets_dir: Path) -> 
 
     The kubelet mounts a Secret volume as a directory with one file per key. podman 4.3's
     kube play cannot (it mounts base64 data verbatim), so Secret volumes become that directory.
+    podman also turns an emptyDir into a named volume shared by every pod that names it alike,
+    so each pod's emptyDir gets the pod's name. Every pod runs once (restartPolicy Never).
     """
+    spec = template_pod["spec"]
+    renamed = {v["name"]: f"{name}-{v['name']}" for v in spec.get("volumes", []) if "emptyDir" in v}
     volumes = [
         {"name": v["name"], "hostPath": {"path": str(secrets_dir / v["secret"]["secretName"]), "type": "Directory"}}
         if "secret" in v
-        else v
-        for v in template_pod["spec"].get("volumes", [])
+        else {**v, "name": renamed.get(v["name"], v["name"])}
+        for v in spec.get("volumes", [])
     ]
-    spec = {**template_pod["spec"], "hostNetwork": True, "volumes": volumes}
+    containers = {
+        key: [
+            {**c, "volumeMounts": [{**m, "name": renamed.get(m["name"], m["name"])} for m in c.get("volumeMounts", [])]}
+            for c in spec[key]
+        ]
+        for key in ("initContainers", "containers")
+        if key in spec
+    }
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "labels": template_pod["metadata"]["labels"]},
-        "spec": spec,
+        "spec": {**spec, **containers, "hostNetwork": True, "restartPolicy": "Never", "volumes": volumes},
     }
 
 
@@ -180,32 +195,53 @@ def mount_secret(secret: dict[str, Any], secrets_dir: Path) -> None:
         (directory / key).chmod(0o644)
 
 
-def render(chart: Path, values: dict[str, Any]) -> list[dict[str, Any]]:
-    with helm_python.Chart.load(chart) as loaded:
-        rendered = loaded.render(values, name="shop", namespace="prod", is_install=True)
-    return [
-        doc
-        for path, text in rendered.items()
-        if not path.endswith("NOTES.txt")
-        for doc in yaml.safe_load_all(text)
-        if doc
-    ]
-
-
-def image_values(db: Database) -> dict[str, Any]:
-    repository, tag = IMAGE.rsplit(":", 1)
+def image_values(db: Database, image: str = IMAGE) -> dict[str, Any]:
+    repository, tag = image.rsplit(":", 1)
     return {
         "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
         "database": {"createSecret": True, "url": db.url},
     }
 
 
-def play(manifest: dict[str, Any], directory: Path, name: str) -> Path:
-    path = directory / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(manifest))
-    result = podman("kube", "play", str(path))
-    assert result.returncode == 0, result.stdout + result.stderr
-    return path
+class Kube:
+    """Rendered pods played with ``podman kube play``, each with the ConfigMaps it mounts; the fixture
+    takes every pod down and removes the volumes podman made of their ConfigMaps and emptyDirs."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.played: list[Path] = []
+        self.volumes: list[str] = []
+
+    def manifest(self, docs: list[dict[str, Any]], kind: str, name: str) -> Path:
+        """The pod of the rendered ``kind`` (Job or Deployment), with the rendered ConfigMaps, as a file."""
+        (workload,) = [d for d in docs if d["kind"] == kind]
+        config_maps = [d for d in docs if d["kind"] == "ConfigMap"]
+        for secret in (d for d in docs if d["kind"] == "Secret"):
+            mount_secret(secret, self.directory)
+        pod = pod_manifest(workload["spec"]["template"], name, self.directory)
+        path = self.directory / f"{name}.yaml"
+        path.write_text(yaml.safe_dump_all([*config_maps, pod]))
+        self.played.append(path)
+        self.volumes += [c["metadata"]["name"] for c in config_maps]
+        self.volumes += [v["name"] for v in pod["spec"]["volumes"] if "emptyDir" in v]
+        return path
+
+    def play(self, docs: list[dict[str, Any]], kind: str, name: str) -> None:
+        result = podman("kube", "play", str(self.manifest(docs, kind, name)))
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    def down(self) -> None:
+        for path in self.played:
+            podman("kube", "down", str(path))
+        if self.volumes:
+            podman("volume", "rm", "--force", *set(self.volumes))
+
+
+@pytest.fixture
+def kube(shared_dir: Path) -> Iterator[Kube]:
+    pods = Kube(shared_dir)
+    yield pods
+    pods.down()
 
 
 def container_state(name: str) -> dict[str, Any]:
@@ -223,71 +259,110 @@ def wait_exit(name: str, seconds: float = 120) -> int:
     pytest.fail(f"{name} did not exit in {seconds}s")
 
 
-def test_chart_job_pod_runs_with_its_security_context(db: Database, shared_dir: Path) -> None:
+def test_chart_job_pod_runs_with_its_security_context(db: Database, kube: Kube) -> None:
     """The rendered hook Job's pod (restricted securityContext, Secret volume) applies the bundled migrations."""
-    docs = render(REPO / "helm" / "migration-runner", image_values(db))
-    mount_secret(next(d for d in docs if d["kind"] == "Secret"), shared_dir)
-    job = next(d for d in docs if d["kind"] == "Job")
-    path = play(pod_manifest(job["spec"]["template"], "shop-migrate", shared_dir), shared_dir, "job")
-    try:
-        assert wait_exit("shop-migrate-migrate") == 0, podman("logs", "shop-migrate-migrate").stdout
-        assert len(db.applied()) == 6
-        (info,) = json.loads(podman("inspect", "shop-migrate-migrate").stdout)
-        assert info["Config"]["User"] == "65532:65532"  # runAsUser:runAsGroup
-        assert info["HostConfig"]["ReadonlyRootfs"] is True
-        assert info["HostConfig"]["CapDrop"]
-        logs = podman("logs", "shop-migrate-migrate")
-        assert parse_events(logs.stdout + logs.stderr)[-1]["exit_code"] == 0
-    finally:
-        podman("kube", "down", str(path))
+    kube.play(manifests(image_values(db)), "Job", "shop-migrate")
+    assert wait_exit("shop-migrate-migrate") == 0, podman("logs", "shop-migrate-migrate").stdout
+    assert len(db.applied()) == 6
+    (info,) = json.loads(podman("inspect", "shop-migrate-migrate").stdout)
+    assert info["Config"]["User"] == "65532:65532"  # runAsUser:runAsGroup
+    assert info["HostConfig"]["ReadonlyRootfs"] is True
+    assert info["HostConfig"]["CapDrop"]
+    logs = podman("logs", "shop-migrate-migrate")
+    assert parse_events(logs.stdout + logs.stderr)[-1]["exit_code"] == 0
 
 
-def test_example_app_pod_starts_only_after_the_schema_is_ready(db: Database, tmp_path: Path, shared_dir: Path) -> None:
-    """The example app's pod waits in its init container until the Job's pod has migrated, then starts."""
-    root = tmp_path / "helm"
-    shutil.copytree(REPO / "helm", root, ignore=shutil.ignore_patterns("charts", "Chart.lock"))
-    helm_python.dependency_update(root / "examples" / "app", skip_refresh=True)
-    values = {
-        "app": {"image": IMAGE},
-        "migration-runner": {**image_values(db), "initContainer": {"command": "wait", "waitTimeoutSeconds": 120}},
+@pytest.fixture(scope="module")
+def custom_images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Two images holding the example app's migrations, removed at the end: "own-image", the README's
+    Containerfile FROM the tested image (files in place of /migrations), and "app", an application image
+    with them at the README's fromImage path."""
+    path = readme_values(charts.FROM_IMAGE)["migrations"]["fromImage"]["path"]
+    own = readme_example(charts.OWN_IMAGE)
+    assert own.count("FROM migration-runner:0.1.0\n") == 1
+    containerfiles = {
+        "own-image": own.replace("FROM migration-runner:0.1.0\n", f"FROM {IMAGE}\n"),
+        "app": f"FROM {IMAGE}\nCOPY migrations/ {path}/\n",
     }
-    docs = render(root / "examples" / "app", values)
-    mount_secret(next(d for d in docs if d["kind"] == "Secret"), shared_dir)
-    deployment = next(d for d in docs if d["kind"] == "Deployment")
-    job = next(d for d in docs if d["kind"] == "Job")
-    app_pod = pod_manifest(deployment["spec"]["template"], "shop-app", shared_dir)
-    app_pod["spec"]["restartPolicy"] = "Never"
-    app_path = shared_dir / "app.yaml"
-    app_path.write_text(yaml.safe_dump(app_pod))
+    tags = {name: f"localhost/migration-runner-test-{name}:{os.getpid()}" for name in containerfiles}
+    try:
+        for name, containerfile in containerfiles.items():
+            context = tmp_path_factory.mktemp(name)
+            shutil.copytree(EXAMPLE_MIGRATIONS, context / "migrations")
+            (context / "Containerfile").write_text(containerfile)
+            built = podman("build", "--quiet", "--layers=false", "--tag", tags[name], str(context), timeout=300)
+            assert built.returncode == 0, built.stderr
+        yield tags
+    finally:
+        podman("rmi", "--force", *tags.values())
+
+
+def source_values(source: str, db: Database, images: dict[str, str]) -> dict[str, Any]:
+    """The example app's values for one way of shipping migrations (the README's, with the test's images);
+    the app container prints the status of the migrations it carries."""
+    app_dir = readme_values(charts.FROM_IMAGE)["migrations"]["fromImage"]["path"]
+    runner = image_values(db, images["own-image"] if source == "own-image" else IMAGE)
+    app = {"image": images["app"], "args": ["status", "--migrations-dir", app_dir]}
+    if source == "from-image":
+        from_image = readme_values(charts.FROM_IMAGE)["migrations"]["fromImage"]
+        repository, tag = images["app"].rsplit(":", 1)
+        runner["migrations"] = {"fromImage": {**from_image, "repository": repository, "tag": tag}}
+    elif source == "config-map":
+        runner["migrations"] = readme_values(charts.CONFIG_MAP)["migrations"]
+    elif source == "bundled":
+        app = {"image": IMAGE, "args": ["status"]}
+    return {"app": app, "migration-runner": {**runner, "initContainer": {"command": "wait", "waitTimeoutSeconds": 120}}}
+
+
+@pytest.mark.parametrize("source", ["bundled", "own-image", "from-image", "config-map"])
+def test_example_app_pod_starts_only_after_the_schema_is_ready(
+    source: str, db: Database, tmp_path: Path, kube: Kube, custom_images: dict[str, str]
+) -> None:
+    """For each way of shipping migrations (the bundled ones; an image FROM ours; the app's own image; a
+    ConfigMap), the example app's pod waits in its init container until the Job's pod has applied exactly
+    those files (byte for byte), then starts."""
+    release = f"shop{os.getpid()}"
+    docs = manifests(source_values(source, db, custom_images), example_app(tmp_path), release)
+    for doc in docs:
+        kubernetes_validate.validate(doc, charts.KUBE_VERSION, strict=True)
+    app, job = f"{release}-{source}-app", f"{release}-{source}-job"
     # podman kube play runs init containers to completion before it returns: play in the background.
     app_play = subprocess.Popen(
-        ["podman", "kube", "play", str(app_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ["podman", "kube", "play", str(kube.manifest(docs, "Deployment", app))],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=PODMAN_ENV,
     )
-    job_path: Path | None = None
     try:
         for _ in range(60):
             if (
-                podman("container", "exists", "shop-app-migration-runner").returncode == 0
-                and container_state("shop-app-migration-runner")["Status"] == "running"
+                podman("container", "exists", f"{app}-migration-runner").returncode == 0
+                and container_state(f"{app}-migration-runner")["Status"] == "running"
             ):
                 break
             time.sleep(0.5)
         time.sleep(3)
-        assert container_state("shop-app-migration-runner")["Status"] == "running"  # still waiting
-        assert podman("container", "exists", "shop-app-app").returncode != 0 or container_state("shop-app-app")[
+        assert container_state(f"{app}-migration-runner")["Status"] == "running"  # still waiting
+        assert podman("container", "exists", f"{app}-app").returncode != 0 or container_state(f"{app}-app")[
             "Status"
         ] in {"created", "configured", "initialized"}
-        assert db.query("SELECT to_regclass('tokens_unified')") == [(None,)]
-        job_path = play(pod_manifest(job["spec"]["template"], "shop-migrate", shared_dir), shared_dir, "job")
-        assert wait_exit("shop-migrate-migrate") == 0
+        assert db.query("SELECT to_regclass('migration_history')") == [(None,)]  # nothing migrated yet
+        kube.play(docs, "Job", job)
+        assert wait_exit(f"{job}-migrate") == 0, podman("logs", f"{job}-migrate").stdout
         out, _ = app_play.communicate(timeout=120)
         assert app_play.returncode == 0, out
-        assert wait_exit("shop-app-app") == 0
-        status = podman("logs", "shop-app-app").stdout
-        assert "6 applied, 0 pending" in status
+        assert wait_exit(f"{app}-app") == 0
+        status = podman("logs", f"{app}-app").stdout
     finally:
         if app_play.poll() is None:
             app_play.kill()
-        if job_path:
-            podman("kube", "down", str(job_path))
-        podman("kube", "down", str(app_path))
+    if source == "bundled":
+        assert "6 applied, 0 pending" in status
+        assert len(db.applied()) == 6
+        return
+    assert "2 applied, 0 pending" in status
+    assert db.applied() == sorted(path.name for path in EXAMPLE_MIGRATIONS.glob("*.sql"))
+    assert db.query("SELECT to_regclass('tokens_unified')") == [(None,)]  # no bundled migration ran
+    checked = db.run("validate", env=db.env(MIGRATIONS_DIR=str(EXAMPLE_MIGRATIONS)))
+    assert checked.code == 0, checked.stdout + checked.stderr  # the applied checksums are the files'

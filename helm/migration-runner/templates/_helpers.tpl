@@ -20,9 +20,14 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 {{- end -}}
 
+{{/* Where the migrations come from: "image" (migrations.fromImage), "configMap", or "" (the runner image's own). */}}
+{{- define "migration-runner.migrationsSource" -}}
+{{- if .values.migrations.configMap -}}configMap{{- else if .values.migrations.fromImage.repository -}}image{{- end -}}
+{{- end -}}
+
 {{/*
-One runner container. Takes a dict: values (this chart's values), fullname, name (container
-name), command (migrate or wait), args (extra arguments).
+One runner container. Takes a dict: values (this chart's values), root (the top-level
+context), fullname, name (container name), command (migrate or wait), args (extra arguments).
 */}}
 {{- define "migration-runner.container" -}}
 - name: {{ .name }}
@@ -57,11 +62,41 @@ name), command (migrate or wait), args (extra arguments).
     - name: database-url
       mountPath: /var/run/secrets/migration-runner
       readOnly: true
-  resources:
-    {{- toYaml .values.resources | nindent 4 }}
-  securityContext:
-    {{- toYaml .values.securityContext | nindent 4 }}
-  terminationMessagePolicy: FallbackToLogsOnError
+    {{- if include "migration-runner.migrationsSource" . }}
+    - name: migrations
+      mountPath: {{ .values.migrations.dir | quote }}
+      readOnly: true
+    {{- end }}
+  {{- include "migration-runner.restricted" . | nindent 2 }}
+{{- end -}}
+
+{{/* Resources, securityContext and termination message of every container. Takes the same dict. */}}
+{{- define "migration-runner.restricted" -}}
+resources:
+  {{- toYaml .values.resources | nindent 2 }}
+securityContext:
+  {{- toYaml .values.securityContext | nindent 2 }}
+terminationMessagePolicy: FallbackToLogsOnError
+{{- end -}}
+
+{{/*
+With migrations.fromImage: the init container that copies the migrations out of the
+application's image into the "migrations" emptyDir (mounted at /runner-migrations here, and
+read-only at migrations.dir in the runner). Runs that image with "command" (default: cp -R
+path/. /runner-migrations/), as the pod's user. Takes the same dict; renders nothing otherwise.
+*/}}
+{{- define "migration-runner.copyContainer" -}}
+{{- $from := .values.migrations.fromImage -}}
+{{- if eq (include "migration-runner.migrationsSource" .) "image" -}}
+- name: copy-migrations
+  image: {{ printf "%s:%s" $from.repository $from.tag | quote }}
+  imagePullPolicy: {{ $from.pullPolicy }}
+  command: {{ toJson ($from.command | default (list "cp" "-R" (printf "%s/." (trimSuffix "/" $from.path)) "/runner-migrations/")) }}
+  volumeMounts:
+    - name: migrations
+      mountPath: /runner-migrations
+  {{- include "migration-runner.restricted" . | nindent 2 }}
+{{- end -}}
 {{- end -}}
 
 {{/*
@@ -70,10 +105,55 @@ it). Takes the same dict. No "items" remapping and an explicit "optional", which
 play (4.3) needs.
 */}}
 {{- define "migration-runner.volumes" -}}
+{{- $source := include "migration-runner.migrationsSource" . -}}
 - name: database-url
   secret:
     secretName: {{ include "migration-runner.secretName" . }}
     optional: false
+{{- if eq $source "configMap" }}
+- name: migrations
+  configMap:
+    name: {{ tpl .values.migrations.configMap .root | quote }}
+    optional: false
+{{- else if eq $source "image" }}
+- name: migrations
+  emptyDir: {}
+{{- end }}
+{{- end -}}
+
+{{/*
+For application charts that ship their migrations in a ConfigMap (migrations.configMap): that
+ConfigMap, one key per file, built from the parent's own files. A hook one weight before the
+Job, so that it exists when the Job starts (an ordinary resource would be created after the
+pre-install hooks); like every hook resource it is not managed by the release. Fails at render
+time when the files exceed the 1 MiB a ConfigMap holds (keys included). Takes a dict with
+"values" and "root" as below, and "files":
+
+  {{- include "migration-runner.migrationsConfigMap" (dict "values" (index .Values "migration-runner") "root" . "files" (.Files.Glob "migrations/*.sql")) }}
+*/}}
+{{- define "migration-runner.migrationsConfigMap" -}}
+{{- $size := 0 -}}
+{{- range $path, $bytes := .files -}}
+{{- $size = add $size (len (base $path)) (len $bytes) -}}
+{{- end -}}
+{{- if not .files -}}
+{{- fail "migration-runner.migrationsConfigMap: no migration files matched" -}}
+{{- end -}}
+{{- if gt (int $size) 1048576 -}}
+{{- fail (printf "migrations.configMap: the files take %d bytes, over the 1 MiB (1048576 bytes) a ConfigMap can hold; ship them in an image instead (migrations.fromImage)" (int $size)) -}}
+{{- end -}}
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{ tpl (required "migrations.configMap (the ConfigMap's name) is required" .values.migrations.configMap) .root | quote }}
+  labels:
+    {{- include "migration-runner.labels" .root | nindent 4 }}
+  annotations:
+    helm.sh/hook: pre-install,pre-upgrade
+    helm.sh/hook-weight: {{ sub (int .values.job.hookWeight) 1 | quote }}
+    helm.sh/hook-delete-policy: before-hook-creation
+data:
+  {{- .files.AsConfig | nindent 2 }}
 {{- end -}}
 
 {{/*
@@ -88,17 +168,20 @@ helm/examples/app.
     {{- include "migration-runner.initContainerVolumes" (dict "values" (index .Values "migration-runner") "root" .) | nindent 8 }}
 */}}
 {{- define "migration-runner.initContainer" -}}
-{{- $fullname := printf "%s-%s" .root.Release.Name "migration-runner" | trunc 52 | trimSuffix "-" -}}
+{{- $ctx := dict "values" .values "root" .root "fullname" (printf "%s-%s" .root.Release.Name "migration-runner" | trunc 52 | trimSuffix "-") -}}
 {{- $args := list -}}
 {{- if eq .values.initContainer.command "wait" -}}
 {{- $args = list (printf "--wait-timeout=%vs" .values.initContainer.waitTimeoutSeconds) -}}
 {{- else -}}
 {{- $args = list (printf "--lock-wait-timeout=%vs" .values.job.lockWaitTimeoutSeconds) -}}
 {{- end -}}
-{{- include "migration-runner.container" (dict "values" .values "fullname" $fullname "name" "migration-runner" "command" .values.initContainer.command "args" $args) -}}
+{{- $containers := list (include "migration-runner.container" (merge (dict "name" "migration-runner" "command" .values.initContainer.command "args" $args) $ctx)) -}}
+{{- with include "migration-runner.copyContainer" $ctx -}}
+{{- $containers = prepend $containers . -}}
+{{- end -}}
+{{- join "\n" $containers -}}
 {{- end -}}
 
 {{- define "migration-runner.initContainerVolumes" -}}
-{{- $fullname := printf "%s-%s" .root.Release.Name "migration-runner" | trunc 52 | trimSuffix "-" -}}
-{{- include "migration-runner.volumes" (dict "values" .values "fullname" $fullname) -}}
+{{- include "migration-runner.volumes" (dict "values" .values "root" .root "fullname" (printf "%s-%s" .root.Release.Name "migration-runner" | trunc 52 | trimSuffix "-")) -}}
 {{- end -}}
