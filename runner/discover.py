@@ -293,9 +293,10 @@ def _batch_value(key: str, value: str) -> float | int:
 
 
 def read_migration(directory: Path, path: Path, version: int) -> tuple[Migration | None, list[Problem]]:
+    """``path`` (an entry of ``directory``) as a migration; only a symlink can lead outside the directory."""
     name = path.name
-    if not path.resolve().is_relative_to(directory.resolve()):
-        return None, [Problem("file", f"resolves outside the migrations directory ({path.resolve()})", name)]
+    if path.is_symlink() and not (target := path.resolve()).is_relative_to(directory.resolve()):
+        return None, [Problem("file", f"resolves outside the migrations directory ({target})", name)]
     text, problems = read_text(path, name)
     if text is None:
         return None, problems
@@ -347,7 +348,7 @@ def version_of(name: str) -> int | None:
 def discover(directory: Path) -> list[Migration]:
     """Every migration in ``directory``, in version order; raises on any rule broken."""
     try:
-        entries = sorted(directory.iterdir())
+        entries = sorted(directory.iterdir(), key=lambda entry: entry.name)
     except FileNotFoundError:
         raise ConfigError(f"migrations directory {directory} does not exist") from None
     except NotADirectoryError:
