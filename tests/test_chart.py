@@ -19,6 +19,7 @@ from tests.charts import (
     CHART,
     EXAMPLE_MIGRATIONS,
     KUBE_VERSION,
+    REPO,
     example_app,
     manifests,
     readme_example,
@@ -184,12 +185,20 @@ def test_hook_secret_is_created_before_the_job() -> None:
     assert job["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"] == secret["metadata"]["name"]
 
 
+# The alert rule files promtool tests (deploy/prometheus/ links to them), in the PrometheusRule's order.
+RULE_FILES = ("migration-runner-rules.yaml", "migration-runner-fleet-rules.yaml")
+FLEET_ALERTS = {"MigrationRunnerDatabaseLeftBehind", "MigrationRunnerFleetIncomplete"}
+
+
 def test_prometheus_rule_is_the_shipped_rules(tmp_path: Path) -> None:
-    """The PrometheusRule carries exactly the rules file promtool tests, and promtool accepts it."""
+    """The PrometheusRule carries exactly the groups of both rule files promtool tests (the runner's, then the
+    fleet's, with the fleet alerts), and promtool accepts it."""
     rule = of_kind(manifests(VARIANTS["metrics"]), "PrometheusRule")
     assert rule["metadata"]["labels"]["release"] == "kps"
-    shipped = yaml.safe_load((CHART / "files" / "migration-runner-rules.yaml").read_text())
-    assert rule["spec"]["groups"] == shipped["groups"]
+    shipped = [group for name in RULE_FILES for group in yaml.safe_load((CHART / "files" / name).read_text())["groups"]]
+    assert rule["spec"]["groups"] == shipped
+    alerts = {r["alert"] for group in rule["spec"]["groups"] for r in group["rules"]}
+    assert FLEET_ALERTS | {"MigrationRunnerFailed", "MigrationRunnerStuckWaitingForLock"} <= alerts
     promtool = shutil.which("promtool")
     if promtool:
         extracted = tmp_path / "rules.yaml"
@@ -198,6 +207,14 @@ def test_prometheus_rule_is_the_shipped_rules(tmp_path: Path) -> None:
     job = of_kind(manifests(VARIANTS["metrics"]), "Job")
     env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["RUNNER_PUSHGATEWAY_URL"] == "http://pushgateway:9091"
+
+
+@pytest.mark.parametrize("name", RULE_FILES)
+def test_promtool_tests_the_charts_rule_files(name: str) -> None:
+    """deploy/prometheus/<file>, which promtool checks and unit tests, is the chart's files/<file>, byte for byte."""
+    deployed = REPO / "deploy" / "prometheus" / name
+    assert deployed.read_bytes() == (CHART / "files" / name).read_bytes()
+    assert name in (deployed.with_name(name.replace(".yaml", ".test.yaml"))).read_text()
 
 
 @pytest.mark.parametrize(
