@@ -3,6 +3,7 @@ against the Kubernetes schemas (kubernetes-validate). No cluster is needed."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -60,6 +61,7 @@ VARIANTS = {
     },
     "from-image": {**BASE_VALUES, **FROM_IMAGE},
     "config-map": {**BASE_VALUES, **CONFIG_MAP},
+    "dashboard": {**BASE_VALUES, "metrics": {"grafanaDashboard": {"enabled": True, "folder": "Databases"}}},
 }
 
 
@@ -209,6 +211,44 @@ def test_prometheus_rule_is_the_shipped_rules(tmp_path: Path) -> None:
     assert env["RUNNER_PUSHGATEWAY_URL"] == "http://pushgateway:9091"
 
 
+DASHBOARD = CHART / "files" / "grafana-dashboard.json"
+
+
+@pytest.mark.parametrize(
+    ("dashboard", "label", "annotations"),
+    [
+        ({"enabled": True}, ("grafana_dashboard", "1"), None),
+        (
+            {"enabled": True, "label": "dashboards.example.com/grafana", "labelValue": "", "folder": "Databases"},
+            ("dashboards.example.com/grafana", ""),
+            {"grafana_folder": "Databases"},
+        ),
+        (
+            {"enabled": True, "folderAnnotation": "k8s-sidecar-target-directory", "folder": "db"},
+            None,
+            {"k8s-sidecar-target-directory": "db"},
+        ),
+    ],
+)
+def test_grafana_dashboard_config_map_holds_the_file(
+    dashboard: dict[str, Any], label: tuple[str, str] | None, annotations: dict[str, str] | None
+) -> None:
+    """metrics.grafanaDashboard: an ordinary ConfigMap (no hook) labelled for Grafana's sidecar (grafana_dashboard: "1"
+    unless configured), the folder annotation only with a folder, holding files/grafana-dashboard.json byte for byte."""
+    docs = manifests({**BASE_VALUES, "metrics": {"grafanaDashboard": dashboard}})
+    (config_map,) = [doc for doc in docs if doc["kind"] == "ConfigMap"]
+    metadata = config_map["metadata"]
+    assert metadata["name"] == "shop-migration-runner-dashboard"
+    key, value = label or ("grafana_dashboard", "1")
+    assert metadata["labels"][key] == value
+    assert metadata["labels"]["app.kubernetes.io/instance"] == "shop"
+    assert metadata.get("annotations") == annotations  # no helm.sh/hook: a release resource
+    assert config_map["data"] == {"migration-runner.json": DASHBOARD.read_text()}
+    assert json.loads(config_map["data"]["migration-runner.json"])["uid"] == "migration-runner"
+    kubernetes_validate.validate(config_map, KUBE_VERSION, strict=True)
+    assert not [doc for doc in manifests(BASE_VALUES) if doc["kind"] == "ConfigMap"]  # off by default
+
+
 @pytest.mark.parametrize("name", RULE_FILES)
 def test_promtool_tests_the_charts_rule_files(name: str) -> None:
     """deploy/prometheus/<file>, which promtool checks and unit tests, is the chart's files/<file>, byte for byte."""
@@ -231,6 +271,10 @@ def test_promtool_tests_the_charts_rule_files(name: str) -> None:
             "/migrations/fromImage/path",
         ),
         ({**BASE_VALUES, "initContainer": {"command": "mirgate"}}, "/initContainer/command"),
+        (
+            {**BASE_VALUES, "metrics": {"grafanaDashboard": {"enabled": True, "label": "grafana dashboard"}}},
+            "/metrics/grafanaDashboard/label",
+        ),
         ({**BASE_VALUES, "jbo": {}}, "jbo"),
         (
             {
