@@ -66,3 +66,6 @@ OWN_IMAGE = "# Your migrations instead of the bundled ones: an image FROM the ru
 FROM_IMAGE = "# Your chart's values: the migrations come from your application's image."
 CONFIG_MAP = "# Your chart's values: the migrations come from a ConfigMap your chart builds."
 CONFIG_MAP_TEMPLATE = "{{- /* Your chart's templates/migrations-configmap.yaml"
+# First lines of the README's fleet example (section "Shards: one fleet over a Kubernetes Indexed Job").
+FLEET = "# Your chart's values: a fleet of tenant databases over an Indexed Job."
+FLEET_RENDERED = "# Rendered hook Job (excerpt)."

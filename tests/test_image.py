@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,12 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from runner.targets import shard_of
 from tests import charts
 from tests.charts import EXAMPLE_MIGRATIONS, REPO, example_app, manifests, readme_example, readme_values
-from tests.conftest import Database, parse_events
+from tests.conftest import OUTPUTS, Database, parse_events
+from tests.pgcluster import Cluster
+from tests.tenants import Tenants, counted, created
 
 IMAGE = os.environ.get("RUNNER_TEST_IMAGE", "")
 PODMAN_ENV = {"CONTAINERS_CONF": str(REPO / ".ci" / "containers.conf"), **os.environ}
@@ -177,10 +181,15 @@ def pod_manifest(template_pod: dict[str, Any], name: str, secrets_dir: Path) -> 
         for key in ("initContainers", "containers")
         if key in spec
     }
+    annotations = template_pod["metadata"].get("annotations")
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name, "labels": template_pod["metadata"]["labels"]},
+        "metadata": {
+            "name": name,
+            "labels": template_pod["metadata"]["labels"],
+            **({"annotations": annotations} if annotations else {}),
+        },
         "spec": {**spec, **containers, "hostNetwork": True, "restartPolicy": "Never", "volumes": volumes},
     }
 
@@ -366,3 +375,159 @@ def test_example_app_pod_starts_only_after_the_schema_is_ready(
     assert db.query("SELECT to_regclass('tokens_unified')") == [(None,)]  # no bundled migration ran
     checked = db.run("validate", env=db.env(MIGRATIONS_DIR=str(EXAMPLE_MIGRATIONS)))
     assert checked.code == 0, checked.stdout + checked.stderr  # the applied checksums are the files'
+
+
+# --- a fleet over the chart's Indexed Job --------------------------------------------------------
+
+INDEX_KEY = "batch.kubernetes.io/job-completion-index"
+FLEET_MIGRATIONS = 3  # tests/tenants.py's counted migrations; the second sleeps, so a pod can be killed mid-run
+
+
+def indexed_job(job: dict[str, Any], index: int, source: str = "labels") -> dict[str, Any]:
+    """The Job with the pod template its controller makes for ``index``: the completion index as label and
+    annotation, and JOB_COMPLETION_INDEX in every container from the label, or from the annotation in releases
+    without the PodIndexLabel feature (kubernetes pkg/controller/job, addCompletionIndexEnvVariable)."""
+    template = job["spec"]["template"]
+    metadata = template["metadata"]
+    env = {
+        "name": "JOB_COMPLETION_INDEX",
+        "valueFrom": {"fieldRef": {"fieldPath": f"metadata.{source}['{INDEX_KEY}']"}},
+    }
+    spec = {
+        **template["spec"],
+        **{
+            key: [{**c, "env": [*c.get("env", []), env]} for c in template["spec"][key]]
+            for key in ("initContainers", "containers")
+            if key in template["spec"]
+        },
+    }
+    pod = {
+        "metadata": {
+            **metadata,
+            "labels": {**metadata["labels"], INDEX_KEY: str(index)},
+            "annotations": {**metadata.get("annotations", {}), INDEX_KEY: str(index)},
+        },
+        "spec": spec,
+    }
+    return {**job, "spec": {**job["spec"], "template": pod}}
+
+
+@dataclass
+class FleetJob:
+    """The chart's fleet Job (two shards) over ``tenants``, its targets a mounted Secret, its migrations a ConfigMap."""
+
+    kube: Kube
+    docs: list[dict[str, Any]]  # the rendered manifests, with the migrations' ConfigMap
+    tenants: Tenants
+    names: dict[str, str]  # target name -> tenant database
+
+    def play(self, index: int, name: str, source: str = "labels") -> str:
+        """Play the pod of ``index`` as ``name``; returns its runner container's name."""
+        docs = [indexed_job(d, index, source) if d["kind"] == "Job" else d for d in self.docs]
+        self.kube.play(docs, "Job", name)
+        return f"{name}-migrate"
+
+    def logs(self, container: str) -> list[dict[str, Any]]:
+        logs = podman("logs", container)
+        OUTPUTS.append(logs.stdout + logs.stderr)  # joins the session's password scan
+        return parse_events(logs.stdout + logs.stderr)
+
+    def shard(self, index: int) -> set[str]:
+        """The target names of shard ``index`` (of 2)."""
+        return {name for name in self.names if shard_of(name, 2) == index}
+
+    def assert_migrated_once(self) -> None:
+        """Every tenant has every migration applied once and recorded once, and no advisory lock is left."""
+        for database in self.names.values():
+            assert self.tenants.migrated(database, FLEET_MIGRATIONS), database
+        deadline = time.monotonic() + 10  # a killed runner's busy backend ends within client_connection_check_interval
+        while self.tenants.advisory_locks():
+            assert time.monotonic() < deadline, "advisory locks left behind"
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def fleet_job(pg: Cluster, kube: Kube, tmp_path: Path) -> Iterator[FleetJob]:
+    release = f"fleet{os.getpid()}"
+    with created(pg, 10) as tenants:
+        # Target names of our own, so that the two shards' members do not depend on the databases' random prefix.
+        names = {f"tenant_{n:02d}": database for n, database in enumerate(tenants.names)}
+        assert {shard_of(name, 2) for name in names} == {0, 1}
+        counted(tmp_path, FLEET_MIGRATIONS, sleep_s={2: 1.0})
+        migrations = {path.name: path.read_text() for path in sorted(tmp_path.glob("*.sql"))}
+        targets = "".join(f"{name} {tenants.url(database)}\n" for name, database in names.items())
+        mount_secret({"metadata": {"name": f"{release}-tenants"}, "stringData": {"targets": targets}}, kube.directory)
+        repository, tag = IMAGE.rsplit(":", 1)
+        values = {
+            "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
+            "migrations": {"configMap": f"{release}-migrations"},
+            "fleet": {
+                "enabled": True,
+                "shards": 2,
+                "parallel": 1,
+                "targets": {"existingSecret": f"{release}-tenants", "key": "targets"},
+            },
+        }
+        docs = manifests(values, release=release)
+        config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"{release}-migrations"}}
+        docs.append({**config_map, "data": migrations})
+        for doc in docs:
+            kubernetes_validate.validate(doc, charts.KUBE_VERSION, strict=True)
+        yield FleetJob(kube, docs, tenants, names)
+
+
+def applied_by(events: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    """(target, migration) of every migration_applied event."""
+    return {(e["target"], e["migration"]) for e in events if e["event"] == "migration_applied"}
+
+
+def all_migrations(targets: set[str]) -> set[tuple[str, str]]:
+    """(target, migration) of every counted migration of every one of ``targets``."""
+    return {(name, f"{version:03d}_m.sql") for name in targets for version in range(1, FLEET_MIGRATIONS + 1)}
+
+
+@pytest.mark.parametrize("source", ["labels", "annotations"])
+def test_fleet_job_pods_migrate_each_tenant_in_exactly_one_shard(fleet_job: FleetJob, source: str) -> None:
+    """The chart's fleet Job with 2 shards, its pods of index 0 and 1 played at once (JOB_COMPLETION_INDEX as
+    Kubernetes sets it, the targets a mounted Secret file): both exit 0, each tenant migrated, entirely, by exactly
+    the pod of its shard, and the two shards together are all tenants."""
+    containers = {index: fleet_job.play(index, f"fleet{os.getpid()}-{index}", source) for index in (0, 1)}
+    for container in containers.values():
+        assert wait_exit(container) == 0, podman("logs", container).stderr
+    done: dict[str, list[int]] = {name: [] for name in fleet_job.names}
+    for index, container in containers.items():
+        events = fleet_job.logs(container)
+        finished = [e for e in events if e["event"] == "target_finished"]
+        assert all(e["status"] == "done" and e["applied"] == FLEET_MIGRATIONS for e in finished), finished
+        for event in finished:
+            done[event["target"]].append(index)
+        assert applied_by(events) == all_migrations(fleet_job.shard(index))
+        assert (events[-1]["event"], events[-1]["exit_code"]) == ("run_finished", 0)
+    assert done == {name: [shard_of(name, 2)] for name in fleet_job.names}  # one pod each; together, every tenant
+    fleet_job.assert_migrated_once()
+
+
+def test_fleet_job_pod_killed_mid_run_then_played_again(fleet_job: FleetJob) -> None:
+    """The pod of index 0 SIGKILLed mid-run (podman kill, as an OOM kill or a lost node does), then its index played
+    again as the Job controller does: the retry exits 0, every tenant ends migrated exactly once, no migration is
+    logged by two runs, and each run touched only its own shard's tenants."""
+    pid = os.getpid()
+    first = fleet_job.play(0, f"fleet{pid}-0")
+    other = fleet_job.play(1, f"fleet{pid}-1")
+    deadline = time.monotonic() + 60
+    while not applied_by(fleet_job.logs(first)):
+        assert time.monotonic() < deadline, "index 0 applied nothing"
+        time.sleep(0.1)
+    assert podman("kill", "--signal", "KILL", first).returncode == 0
+    assert wait_exit(first) == 137
+    killed = applied_by(fleet_job.logs(first))
+    assert not killed >= all_migrations(fleet_job.shard(0))  # it died mid-run
+    assert wait_exit(other) == 0
+    retry = fleet_job.play(0, f"fleet{pid}-0-retry")  # the replacement pod of index 0
+    assert wait_exit(retry) == 0, podman("logs", retry).stderr
+    retried = applied_by(fleet_job.logs(retry))
+    assert retried
+    assert not killed & retried  # nothing applied twice
+    assert killed | retried <= all_migrations(fleet_job.shard(0))
+    assert applied_by(fleet_job.logs(other)) == all_migrations(fleet_job.shard(1))
+    fleet_job.assert_migrated_once()

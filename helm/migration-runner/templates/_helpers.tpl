@@ -20,6 +20,34 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 {{- end -}}
 
+{{/* Where a fleet's targets Secret is mounted (its keys are files there). */}}
+{{- define "migration-runner.targetsDir" -}}
+/var/run/secrets/migration-runner-targets
+{{- end -}}
+
+{{/*
+With fleet.enabled: the runner's flag naming the one target source, --targets (the file of
+fleet.targets.existingSecret's key), --targets-query or --targets-match; fails the render
+unless exactly one is set (values.schema.json says so too, unless skipped). Takes the dict.
+*/}}
+{{- define "migration-runner.fleetTargets" -}}
+{{- $fleet := .values.fleet -}}
+{{- $given := list -}}
+{{- if $fleet.targets.existingSecret }}{{ $given = append $given "fleet.targets.existingSecret" }}{{ end -}}
+{{- if $fleet.targetsQuery }}{{ $given = append $given "fleet.targetsQuery" }}{{ end -}}
+{{- if $fleet.targetsMatch }}{{ $given = append $given "fleet.targetsMatch" }}{{ end -}}
+{{- if ne (len $given) 1 -}}
+{{- fail (printf "fleet.enabled needs exactly one target source: fleet.targets.existingSecret, fleet.targetsQuery or fleet.targetsMatch (given: %s)" (join ", " $given | default "none")) -}}
+{{- end -}}
+{{- if $fleet.targets.existingSecret -}}
+--targets={{ include "migration-runner.targetsDir" . }}/{{ $fleet.targets.key }}
+{{- else if $fleet.targetsQuery -}}
+--targets-query={{ $fleet.targetsQuery }}
+{{- else -}}
+--targets-match={{ $fleet.targetsMatch }}
+{{- end -}}
+{{- end -}}
+
 {{/* Where the migrations come from: "image" (migrations.fromImage), "configMap", or "" (the runner image's own). */}}
 {{- define "migration-runner.migrationsSource" -}}
 {{- if .values.migrations.configMap -}}configMap{{- else if .values.migrations.fromImage.repository -}}image{{- end -}}
@@ -27,7 +55,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 
 {{/*
 One runner container. Takes a dict: values (this chart's values), root (the top-level
-context), fullname, name (container name), command (migrate or wait), args (extra arguments).
+context), fullname, name (container name), command (migrate, wait or fleet), args (extra
+arguments), and optionally extraEnv, and noDatabaseSecret (true: neither DATABASE_URL_FILE nor
+the Secret's mount, for a fleet whose targets come from their own file).
 */}}
 {{- define "migration-runner.container" -}}
 - name: {{ .name }}
@@ -39,8 +69,10 @@ context), fullname, name (container name), command (migrate or wait), args (extr
     - {{ . | quote }}
     {{- end }}
   env:
+    {{- if not .noDatabaseSecret }}
     - name: DATABASE_URL_FILE
       value: {{ printf "/var/run/secrets/migration-runner/%s" .values.database.secretKey | quote }}
+    {{- end }}
     - name: MIGRATIONS_DIR
       value: {{ .values.migrations.dir | quote }}
     - name: RUNNER_HISTORY_TABLE
@@ -59,9 +91,16 @@ context), fullname, name (container name), command (migrate or wait), args (extr
     {{- toYaml . | nindent 4 }}
     {{- end }}
   volumeMounts:
+    {{- if not .noDatabaseSecret }}
     - name: database-url
       mountPath: /var/run/secrets/migration-runner
       readOnly: true
+    {{- end }}
+    {{- if .targetsSecret }}
+    - name: targets
+      mountPath: {{ include "migration-runner.targetsDir" . }}
+      readOnly: true
+    {{- end }}
     {{- if include "migration-runner.migrationsSource" . }}
     - name: migrations
       mountPath: {{ .values.migrations.dir | quote }}
@@ -100,16 +139,25 @@ path/. /runner-migrations/), as the pod's user. Takes the same dict; renders not
 {{- end -}}
 
 {{/*
-The pod volume holding the database URL file (each key of the Secret is a file named after
-it). Takes the same dict. No "items" remapping and an explicit "optional", which podman kube
-play (4.3) needs.
+The pod volumes: the database URL file (each key of the Secret is a file named after it;
+not with noDatabaseSecret), a fleet's targets Secret (targetsSecret, its name), and the
+migrations' volume if any. Takes the same dict. No "items" remapping and an explicit
+"optional", which podman kube play (4.3) needs.
 */}}
 {{- define "migration-runner.volumes" -}}
 {{- $source := include "migration-runner.migrationsSource" . -}}
+{{- if not .noDatabaseSecret }}
 - name: database-url
   secret:
     secretName: {{ include "migration-runner.secretName" . }}
     optional: false
+{{- end }}
+{{- with .targetsSecret }}
+- name: targets
+  secret:
+    secretName: {{ . }}
+    optional: false
+{{- end }}
 {{- if eq $source "configMap" }}
 - name: migrations
   configMap:
