@@ -248,15 +248,19 @@ RULE_FILES = ("migration-runner-rules.yaml", "migration-runner-fleet-rules.yaml"
 FLEET_ALERTS = {"MigrationRunnerDatabaseLeftBehind", "MigrationRunnerFleetIncomplete"}
 
 
-def test_prometheus_rule_is_the_shipped_rules(tmp_path: Path) -> None:
-    """The PrometheusRule carries exactly the groups of both rule files promtool tests (the runner's, then the
-    fleet's, with the fleet alerts), and promtool accepts it."""
-    rule = of_kind(manifests(VARIANTS["metrics"]), "PrometheusRule")
+@pytest.mark.parametrize("fleet", [False, True])
+def test_prometheus_rule_is_the_shipped_rules(tmp_path: Path, fleet: bool) -> None:
+    """The PrometheusRule carries exactly the groups of the rule files promtool tests: the runner's, then, for a
+    fleet release only, the fleet's (with the fleet alerts); promtool accepts it."""
+    values = {**VARIANTS["metrics"], **({"fleet": {**MATCH, "enabled": True}} if fleet else {})}
+    rule = of_kind(manifests(values), "PrometheusRule")
     assert rule["metadata"]["labels"]["release"] == "kps"
-    shipped = [group for name in RULE_FILES for group in yaml.safe_load((CHART / "files" / name).read_text())["groups"]]
+    files = RULE_FILES if fleet else RULE_FILES[:1]
+    shipped = [group for name in files for group in yaml.safe_load((CHART / "files" / name).read_text())["groups"]]
     assert rule["spec"]["groups"] == shipped
     alerts = {r["alert"] for group in rule["spec"]["groups"] for r in group["rules"]}
-    assert FLEET_ALERTS | {"MigrationRunnerFailed", "MigrationRunnerStuckWaitingForLock"} <= alerts
+    assert {"MigrationRunnerFailed", "MigrationRunnerStuckWaitingForLock"} <= alerts
+    assert alerts >= FLEET_ALERTS if fleet else not FLEET_ALERTS & alerts
     promtool = shutil.which("promtool")
     if promtool:
         extracted = tmp_path / "rules.yaml"
