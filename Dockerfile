@@ -19,7 +19,7 @@ RUN python3 -m venv /opt/runner \
  && python3 -m compileall -q -j 0 /opt/runner
 
 FROM ${BASE_IMAGE}
-ARG VERSION=0.1.0
+ARG VERSION=0.2.0
 ARG REVISION=unknown
 ARG CREATED=unknown
 LABEL org.opencontainers.image.title="migration-runner" \

@@ -1,3 +1,3 @@
 """migration-runner: applies NNN_description.sql migrations to PostgreSQL, exactly once."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

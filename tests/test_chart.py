@@ -381,7 +381,7 @@ def test_example_app_renders_the_init_container(example: Path) -> None:
     pod = deployment["spec"]["template"]["spec"]
     (init,) = pod["initContainers"]
     assert init["args"][0] == "wait"
-    assert init["image"] == "migration-runner:0.1.0"
+    assert init["image"] == f"migration-runner:{__version__}"
     assert {v["name"] for v in pod["volumes"]} == {"database-url"}
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
     for doc in docs:

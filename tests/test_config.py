@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from runner import __version__
 from runner.config import OPTIONS, application_name, load, parse_duration, redact
 from runner.errors import ConfigError
 
@@ -88,7 +89,7 @@ def test_redact_percent_encoded_secret() -> None:
 def test_application_name_is_bounded_ascii() -> None:
     """application_name is printable ASCII under 64 bytes."""
     name = application_name({"HOSTNAME": "pod-é" + "x" * 100})
-    assert name.startswith("migration-runner/0.1.0/pod-?")
+    assert name.startswith(f"migration-runner/{__version__}/pod-?")
     assert len(name) == 63
 
 

@@ -23,6 +23,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from runner import __version__
 from runner.targets import shard_of
 from tests import charts
 from tests.charts import EXAMPLE_MIGRATIONS, REPO, example_app, manifests, readme_example, readme_values
@@ -288,9 +289,9 @@ def custom_images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
     with them at the README's fromImage path."""
     path = readme_values(charts.FROM_IMAGE)["migrations"]["fromImage"]["path"]
     own = readme_example(charts.OWN_IMAGE)
-    assert own.count("FROM migration-runner:0.1.0\n") == 1
+    assert own.count(f"FROM migration-runner:{__version__}\n") == 1
     containerfiles = {
-        "own-image": own.replace("FROM migration-runner:0.1.0\n", f"FROM {IMAGE}\n"),
+        "own-image": own.replace(f"FROM migration-runner:{__version__}\n", f"FROM {IMAGE}\n"),
         "app": f"FROM {IMAGE}\nCOPY migrations/ {path}/\n",
     }
     tags = {name: f"localhost/migration-runner-test-{name}:{os.getpid()}" for name in containerfiles}

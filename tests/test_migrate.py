@@ -12,6 +12,7 @@ import time
 import psycopg
 import pytest
 
+from runner import __version__
 from runner.lock import derive_key
 from tests.conftest import Database
 
@@ -29,7 +30,7 @@ def test_applies_pending_in_order_and_records_each(db: Database) -> None:
         "SELECT migration_name, success, checksum IS NOT NULL, execution_time_ms >= 0,"
         " runner_version, applied_by FROM migration_history ORDER BY id"
     )
-    assert rows == [(n, True, True, True, "0.1.0", "postgres") for n in ("001_a.sql", "002_b.sql", "003_data.sql")]
+    assert rows == [(n, True, True, True, __version__, "postgres") for n in ("001_a.sql", "002_b.sql", "003_data.sql")]
     assert db.query("SELECT name FROM a") == [("100% sure",)]
     assert [e["migration"] for e in result.named("migration_applied")] == ["001_a.sql", "002_b.sql", "003_data.sql"]
 
@@ -393,7 +394,7 @@ def test_application_name_shows_the_runner(db: Database) -> None:
             break
         time.sleep(0.1)
     proc.communicate(timeout=30)
-    assert ("migration-runner/0.1.0/web-7f9c-abcde",) in names
+    assert (f"migration-runner/{__version__}/web-7f9c-abcde",) in names
 
 
 def test_sigterm_cancels_rolls_back_and_releases(db: Database) -> None:
@@ -452,7 +453,7 @@ def test_deadline_behaves_like_sigterm(db: Database) -> None:
 def test_python_dash_m_and_console_script_agree(db: Database) -> None:
     """`python -m runner --version` prints the version (the console script calls the same main)."""
     out = subprocess.run([sys.executable, "-m", "runner", "--version"], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "migration-runner 0.1.0"
+    assert out.stdout.strip() == f"migration-runner {__version__}"
 
 
 @pytest.mark.parametrize("name", ['x"; DROP TABLE t; --', "Upper.Case", "a.b.c", ""])

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from runner import __version__
 from runner.config import redact
 from runner.lock import derive_key
 from runner.observe import scrubber
@@ -168,7 +169,7 @@ def test_pushgateway_after_success_and_failure(db: Database) -> None:
         assert 0 < metric(ok, "last_run_duration_seconds", db) < 30
         assert metric(ok, "migration_duration_seconds", db, ',version="001"') >= 0
         assert metric(ok, "migration_duration_seconds", db, ',version="002"') >= 0
-        assert metric(ok, "info", db, ',runner_version="0.1.0"') == 1
+        assert metric(ok, "info", db, f',runner_version="{__version__}"') == 1
         assert [k for k in ok if k.startswith("migration_runner_last_failure")] == []
         leaky = [k for k in ok if k.startswith("migration_runner") and ("pod=" in k or 'instance=""' not in k)]
         assert leaky == []  # grouping key is job + database only: no pod, no instance
