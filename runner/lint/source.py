@@ -131,14 +131,13 @@ def units(migration: Migration) -> tuple[list[Unit], list[Problem]]:
         offset = char_end + len(gap)
         first = line_end + gap.count("\n") + 1
         byte_end, char_end, line_end = end, offset + len(text), first - 1 + text.count("\n")
-        tree = piece[: tail.start()]
-        kind = KIND.match(tree)
+        kind = KIND.match(piece)  # the piece is the tree and the tail: no copy for a skipped statement
         name = kind.group(1) if kind else ""
-        if name in SKIPPED or (name == "SelectStmt" and '"intoClause"' not in tree):
+        if name in SKIPPED or (name == "SelectStmt" and '"intoClause"' not in piece):
             continue
-        if name == "VariableSetStmt" and '"timezone"' not in tree:
+        if name == "VariableSetStmt" and '"timezone"' not in piece:
             continue
-        node = decode(name, tree, kind.end() if kind else 0)
+        node = decode(name, piece[: tail.start()], kind.end() if kind else 0)
         body = None
         if name in {"CreateFunctionStmt", "DoStmt"} and (literal := body_location(node[name])) >= 0:
             body = dollar_body(sql, literal if ascii_only else len(encoded[:literal].decode()), offset)
