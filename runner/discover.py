@@ -331,10 +331,12 @@ def read_text(path: Path, name: str) -> tuple[str | None, list[Problem]]:
     if nul >= 0:
         return problem("encoding", f"NUL byte at byte offset {nul + skipped}: not a text file")
     try:
-        text = raw.decode("utf-8").replace("\r\n", "\n")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         return problem("encoding", f"not valid UTF-8 at byte offset {exc.start + skipped}")
-    if not text.strip():
+    if "\r" in text:  # neither check copies the text when there is nothing to do (most files)
+        text = text.replace("\r\n", "\n")
+    if not text or text.isspace():
         return problem("empty", "file is empty")
     return text, []
 

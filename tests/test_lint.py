@@ -12,6 +12,7 @@ import pytest
 
 from runner.lint import PARALLEL_FROM, RULES, lint_all, lint_group, lint_paths
 from runner.lint import configuration as lint_configuration
+from runner.lint.report import flat_json
 from runner.lint.rules import ALIASES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -491,17 +492,31 @@ def test_lint_imports_no_database_driver() -> None:
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stderr
 
 
-def test_large_runs_split_by_directory_give_the_same_findings(tmp_path: Path) -> None:
-    """Two forked workers (from PARALLEL_FROM files on) report exactly what one process reports, in order."""
+def test_large_runs_in_batches_give_the_same_findings(tmp_path: Path) -> None:
+    """Two forked workers (from PARALLEL_FROM files on) report exactly what one process reports, in order.
+
+    Column types carry over between a directory's NNN_name.sql files (``ALTER COLUMN ... TYPE``
+    of a column an earlier file typed), whichever batch the other files go to.
+    """
     files = []
     for index in range(PARALLEL_FROM + 10):
         directory = tmp_path / f"d{index % 3}"
         directory.mkdir(exist_ok=True)
-        path = directory / f"{index:03d}_x.sql"
+        path = directory / (f"{index:03d}_x.sql" if index % 5 else f"other-{index}.sql")
         path.write_text("ALTER TABLE users ALTER COLUMN id TYPE bigint;\n" if index % 2 else "DROP TABLE gone;\n")
         files.append(path)
     chosen = severities("default")
     assert lint_all(files, chosen) == lint_group(files, chosen)
+
+
+def test_json_report_is_json_dumps_byte_for_byte() -> None:
+    """The json format's writer gives what json.dumps(indent=2) gives, escapes and the empty list included."""
+    rows: list[dict[str, object]] = [
+        {"rule": "structure", "line": 7, "file": 'a "b"\\c.sql', "message": "é\n\t\x00\u2028 ☃ 𝄞", "hint": ""},
+        {"rule": "header", "line": 1, "file": "x.sql", "message": "missing '-- Date:'", "hint": "/"},
+    ]
+    assert flat_json(rows) == json.dumps(rows, indent=2)
+    assert flat_json([]) == json.dumps([], indent=2)
 
 
 def test_readme_lists_every_rule() -> None:

@@ -11,6 +11,7 @@ Invariants:
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 from pathlib import Path
 
@@ -67,7 +68,11 @@ def command(settings: Settings, args: argparse.Namespace) -> None:
     )
     linter = Linter(severities)
     files = targets([Path(name) for name in args.files]) if args.files else directory(settings.migrations_dir, linter)
-    linter.findings += lint_all(files, severities)
+    gc.disable()  # lint's trees and findings hold no cycles: reference counting frees them, collecting walks them
+    try:
+        linter.findings += lint_all(files, severities)
+    finally:
+        gc.enable()
     print(render(linter.findings, len(files), args.format))
     errors = [Problem(f.rule, f.message, f.file, f.line) for f in linter.findings if f.severity == "error"]
     if errors:
@@ -75,32 +80,37 @@ def command(settings: Settings, args: argparse.Namespace) -> None:
 
 
 PARALLEL_FROM = 200  # files; below that, forking costs more than it saves
+BATCHES = 8  # per run: few enough to cost nothing to hand out, enough to even out the workers
 
 
 def lint_all(files: list[Path], severities: dict[str, str]) -> list[Finding]:
     """Every file's findings, in the order given.
 
-    From ``PARALLEL_FROM`` files on, and with more than one CPU, the files are split by
-    directory (a directory's files stay together and in order: column types carry over
-    between them) into two halves of about equal bytes, linted by two forked workers, as
-    squawk lints on two threads; each worker inherits the loaded parser, so it starts at once.
+    From ``PARALLEL_FROM`` files on, and with more than one CPU, two forked workers lint the
+    files, as squawk lints on two threads; each worker inherits the loaded parser, so it
+    starts at once. The files go in ``BATCHES`` batches of about equal bytes, and a worker
+    takes the next batch when done, so both finish at about the same time whatever a byte
+    costs. A directory's ``NNN_name.sql`` files stay together and in order in one batch
+    (column types carry over between them); any other file is linted on its own.
     """
-    groups: dict[Path, list[int]] = {}
+    units: dict[Path | int, list[int]] = {}
     for index, path in enumerate(files):
-        groups.setdefault(path.parent, []).append(index)
-    if len(files) < PARALLEL_FROM or len(groups) < 2 or (os.cpu_count() or 1) < 2 or not hasattr(os, "fork"):
+        units.setdefault(path.parent if MIGRATION_NAME.match(path.name) else index, []).append(index)
+    if len(files) < PARALLEL_FROM or len(units) < 2 or (os.cpu_count() or 1) < 2 or not hasattr(os, "fork"):
         return lint_group(files, severities)
     size = [path.stat().st_size if path.is_file() else 0 for path in files]
-    halves: tuple[list[int], list[int]] = ([], [])
-    weight = [0, 0]
-    for indexes in sorted(groups.values(), key=lambda group: -sum(size[i] for i in group)):
+    batches: list[list[int]] = [[] for _ in range(BATCHES)]
+    weight = [0] * BATCHES
+    for indexes in sorted(units.values(), key=lambda unit: -sum(size[i] for i in unit)):
         lighter = weight.index(min(weight))
-        halves[lighter].extend(indexes)
+        batches[lighter].extend(indexes)
         weight[lighter] += sum(size[i] for i in indexes)
     import multiprocessing  # noqa: PLC0415 - only for large runs
 
     with multiprocessing.get_context("fork").Pool(2) as pool:
-        results = pool.starmap(lint_group, [([files[i] for i in sorted(half)], severities) for half in halves])
+        results = pool.starmap(
+            lint_group, [([files[i] for i in sorted(batch)], severities) for batch in batches if batch], chunksize=1
+        )
     order = {str(path): index for index, path in enumerate(files)}
     found = [finding for result in results for finding in result]
     return sorted(found, key=lambda f: order.get(f.file, 0))

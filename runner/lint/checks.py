@@ -195,7 +195,8 @@ def kind(node: dict[str, Any]) -> str:
 
 
 def body(node: dict[str, Any]) -> dict[str, Any]:
-    return dict(node[kind(node)])
+    fields: dict[str, Any] = node[next(iter(node))]  # read, never changed: no copy
+    return fields
 
 
 def last_name(names: Iterable[dict[str, Any]]) -> str:

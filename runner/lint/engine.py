@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner.discover import DIRECTIVE, MIGRATION_NAME, Migration, batch_target, leading_block, parse
+from runner.discover import DIRECTIVE, MIGRATION_NAME, Migration, Statement, batch_target, leading_block, parse
 from runner.errors import Problem, ValidationError
 from runner.lint import checks, plpgsql, source
 from runner.lint.rules import RULES, resolve
@@ -106,7 +106,7 @@ class Linter:
     def migration(self, migration: Migration, path: Path, *, project: bool) -> tuple[list[checks.Raw], dict[int, int]]:
         """The file's raw findings, and each statement's first line -> last line (for waivers)."""
         units, problems = source.units(migration)
-        spans = {u.statement.line: u.statement.line_at(len(u.statement.text.rstrip())) for u in units}
+        spans = {u.statement.line: last_line(u.statement) for u in units}
         raw = [structure(problem) for problem in problems]
         if migration.directives.batch is not None and not problems:
             raw += batch_problems(migration)
@@ -189,6 +189,15 @@ def expand(units: Iterable[source.Unit]) -> tuple[list[checks.Item], list[checks
             checks.Item(e.node, e.line, scope, e.guarded, owner or f"DO block at line {line}", e.text) for e in embedded
         ]
     return items, problems
+
+
+def last_line(statement: Statement) -> int:
+    """The file line of the statement's last character that is not whitespace (no copy of the text)."""
+    text = statement.text
+    end = len(text)
+    while end and text[end - 1].isspace():
+        end -= 1
+    return statement.line_at(end)
 
 
 def lead_lines(text: str) -> int:

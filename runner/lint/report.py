@@ -35,8 +35,30 @@ def render(findings: Sequence[Finding], files: int, fmt: str) -> str:
     import json  # noqa: PLC0415 - only machine formats need it
 
     if fmt == "json":
-        return json.dumps([f.as_dict() for f in findings], indent=2)
+        return flat_json([f.as_dict() for f in findings])
     return json.dumps(sarif(findings), indent=2)
+
+
+def flat_json(rows: list[dict[str, object]]) -> str:
+    """``json.dumps(rows, indent=2)`` for rows of strings and integers, byte for byte.
+
+    ``indent`` makes ``json`` encode in Python, a value at a time; here each string goes
+    through the C escaper ``json.dumps`` uses, and the layout is written directly (several
+    times faster on thousands of findings).
+    """
+    from json.encoder import encode_basestring_ascii as quoted  # noqa: PLC0415
+
+    if not rows:
+        return "[]"
+    objects = (
+        "  {\n"
+        + ",\n".join(
+            f"    {quoted(key)}: {quoted(value) if isinstance(value, str) else value}" for key, value in row.items()
+        )
+        + "\n  }"
+        for row in rows
+    )
+    return "[\n" + ",\n".join(objects) + "\n]"
 
 
 def github(finding: Finding) -> str:

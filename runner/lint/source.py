@@ -5,7 +5,8 @@ Invariants:
   gets the runner's own facts from ``discover.make_statement`` (runs in a transaction or not,
   refused like ``BEGIN`` or ``COPY ... FROM STDIN``), so lint and the runner agree.
 - Statements no rule looks at (GRANT, COMMENT, SELECT without INTO, ALTER FUNCTION without
-  RENAME, ...) get no parse tree; a data change gets a minimal one naming its target table;
+  RENAME, ...) get no parse tree; a data change gets a minimal one naming its target table, a
+  view one with its name and OR REPLACE;
   the body of a DO block or function is blanked for the SQL parser and kept as ``Unit.body``
   (the PL/pgSQL parser reads the statement's own text). This is what makes lint fast: most of
   a real corpus is function bodies and statements no rule reads.
@@ -26,8 +27,8 @@ from runner.errors import Problem
 TAIL = re.compile(r'(?:,"stmt_location":(\d+))?(?:,"stmt_len":(\d+))?\}(?:,|\]\})$')
 KIND = re.compile(r'\{"(\w+)":')
 JSON_STRING = r'"((?:[^"\\]|\\.)*)"'
-RELATION = re.compile(
-    rf'\{{"relation":\{{(?:"catalogname":{JSON_STRING},)?(?:"schemaname":{JSON_STRING},)?"relname":{JSON_STRING}'
+RELATION = re.compile(  # a data change's target table, a view's name
+    rf'\{{"(relation|view)":\{{(?:"catalogname":{JSON_STRING},)?(?:"schemaname":{JSON_STRING},)?"relname":{JSON_STRING}'
 )
 LEADING = re.compile(r"(?:[ \t]*(?:--[^\n]*)?(?:\n|$))*")  # the leading comment block, all discover reads
 DOLLAR = re.compile(r"\$(?:[A-Za-z_][A-Za-z_0-9]*)?\$")
@@ -130,14 +131,13 @@ def units(migration: Migration) -> tuple[list[Unit], list[Problem]]:
         offset = char_end + len(gap)
         first = line_end + gap.count("\n") + 1
         byte_end, char_end, line_end = end, offset + len(text), first - 1 + text.count("\n")
-        tree = piece[: tail.start()]
-        kind = KIND.match(tree)
+        kind = KIND.match(piece)  # the piece is the tree and the tail: no copy for a skipped statement
         name = kind.group(1) if kind else ""
-        if name in SKIPPED or (name == "SelectStmt" and '"intoClause"' not in tree):
+        if name in SKIPPED or (name == "SelectStmt" and '"intoClause"' not in piece):
             continue
-        if name == "VariableSetStmt" and '"timezone"' not in tree:
+        if name == "VariableSetStmt" and '"timezone"' not in piece:
             continue
-        node = decode(name, tree, kind.end() if kind else 0)
+        node = decode(name, piece[: tail.start()], kind.end() if kind else 0)
         body = None
         if name in {"CreateFunctionStmt", "DoStmt"} and (literal := body_location(node[name])) >= 0:
             body = dollar_body(sql, literal if ascii_only else len(encoded[:literal].decode()), offset)
@@ -154,13 +154,18 @@ def units(migration: Migration) -> tuple[list[Unit], list[Problem]]:
 def decode(name: str, tree: str, after_kind: int) -> dict[str, Any]:
     """A statement's tree, decoded from libpg_query's JSON as far as some rule reads it.
 
-    For a data change only its target table; for a DO block or function all but its body
-    (decoding megabytes of bodies costs more than the rest of a file).
+    For a data change only its target table; for a view its name and whether it replaces
+    (``"replace":true`` cannot occur inside its query, and quotes in strings are escaped);
+    for a DO block or function all but its body (decoding megabytes of bodies costs more than
+    the rest of a file).
     """
-    relation = RELATION.match(tree, after_kind) if name in DML else None
+    relation = RELATION.match(tree, after_kind) if name in DML or name == "ViewStmt" else None
     if relation:
-        table = relation.group(3)
-        return {name: {"relation": {"relname": json.loads(f'"{table}"') if "\\" in table else table}}}
+        key, table = relation.group(1), relation.group(4)
+        fields: dict[str, Any] = {key: {"relname": json.loads(f'"{table}"') if "\\" in table else table}}
+        if name == "ViewStmt" and '"replace":true' in tree:
+            fields["replace"] = True
+        return {name: fields}
     if name in {"CreateFunctionStmt", "DoStmt"}:
         tree = without_body(tree)
     return dict(json.loads(tree))

@@ -66,12 +66,12 @@ class Type:
 
 def of(type_name: dict[str, Any]) -> Type:
     """The ``Type`` of a ``TypeName`` node."""
-    names = [n["String"]["sval"] for n in type_name.get("names", ()) if "String" in n]
-    name = names[-1].lower() if names else "?"
-    mods = tuple(
-        int(m["A_Const"]["ival"].get("ival", 0))
-        for m in type_name.get("typmods", ())
-        if "A_Const" in m and "ival" in m["A_Const"]
+    name = next((n["String"]["sval"].lower() for n in reversed(type_name.get("names", ())) if "String" in n), "?")
+    typmods = type_name.get("typmods")  # most types have none: no generator then
+    mods = (
+        tuple(int(m["A_Const"]["ival"].get("ival", 0)) for m in typmods if "A_Const" in m and "ival" in m["A_Const"])
+        if typmods
+        else ()
     )
     return Type(SYNONYMS.get(name, name), mods, len(type_name.get("arrayBounds", ())))
 
