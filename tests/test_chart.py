@@ -221,6 +221,16 @@ def test_pod_failure_policy_maps_exit_codes() -> None:
     assert by_action["Ignore"]["onPodConditions"] == [{"type": "DisruptionTarget", "status": "True"}]
 
 
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_an_eviction_is_ignored_before_any_exit_code_is_judged(variant: str) -> None:
+    """The first rule of every Job's podFailurePolicy ignores the DisruptionTarget condition: the first matching rule
+    decides, and an evicted pod's containers exit as on any SIGTERM (the runner 143; an interrupted copy of the
+    application's migrations non-zero, which the copy rule would otherwise take for a failed Job)."""
+    rules = of_kind(manifests(VARIANTS[variant]), "Job")["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    assert [rule["action"] for rule in rules].count("Ignore") == 1
+
+
 def test_database_url_comes_from_the_secret() -> None:
     """The URL is read from the existing Secret's key through DATABASE_URL_FILE; it is never a literal env value."""
     job = of_kind(manifests({"database": {"existingSecret": "shop-database", "secretKey": "url"}}), "Job")
