@@ -215,8 +215,13 @@ helm/examples/app.
   volumes:
     {{- include "migration-runner.initContainerVolumes" (dict "values" (index .Values "migration-runner") "root" .) | nindent 8 }}
 */}}
+{{/* This chart's fullname as a dependency of the chart whose context is "root" (as its Secret and Job are named). */}}
+{{- define "migration-runner.dependencyFullname" -}}
+{{- printf "%s-%s" .root.Release.Name "migration-runner" | trunc 52 | trimSuffix "-" -}}
+{{- end -}}
+
 {{- define "migration-runner.initContainer" -}}
-{{- $ctx := dict "values" .values "root" .root "fullname" (printf "%s-%s" .root.Release.Name "migration-runner" | trunc 52 | trimSuffix "-") -}}
+{{- $ctx := dict "values" .values "root" .root "fullname" (include "migration-runner.dependencyFullname" .) -}}
 {{- $args := list -}}
 {{- if eq .values.initContainer.command "wait" -}}
 {{- $args = list (printf "--wait-timeout=%vs" .values.initContainer.waitTimeoutSeconds) -}}
@@ -231,5 +236,5 @@ helm/examples/app.
 {{- end -}}
 
 {{- define "migration-runner.initContainerVolumes" -}}
-{{- include "migration-runner.volumes" (dict "values" .values "root" .root "fullname" (printf "%s-%s" .root.Release.Name "migration-runner" | trunc 52 | trimSuffix "-")) -}}
+{{- include "migration-runner.volumes" (dict "values" .values "root" .root "fullname" (include "migration-runner.dependencyFullname" .)) -}}
 {{- end -}}
