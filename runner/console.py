@@ -17,8 +17,6 @@ Invariants:
 
 from __future__ import annotations
 
-import shutil
-import threading
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -156,6 +154,9 @@ class Writer:
     """
 
     def __init__(self, stream: TextIO, *, live: bool) -> None:
+        import shutil  # noqa: PLC0415 - lint, which never writes a live line, starts without it
+        import threading  # noqa: PLC0415
+
         self.stream, self.live = stream, live
         self.showing = False
         self.width = shutil.get_terminal_size((100, 24)).columns - 1  # a live line must not wrap

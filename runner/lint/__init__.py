@@ -18,7 +18,7 @@ from pathlib import Path
 from runner.config import Settings
 from runner.discover import MIGRATION_NAME
 from runner.errors import ConfigError, Problem, ValidationError
-from runner.lint import configuration, cparser
+from runner.lint import configuration, cparser, share
 from runner.lint.engine import Finding, Linter, structure
 from runner.lint.report import FORMATS, render
 from runner.lint.rules import RULES
@@ -80,40 +80,50 @@ def command(settings: Settings, args: argparse.Namespace) -> None:
 
 
 PARALLEL_FROM = 200  # files; below that, forking costs more than it saves
-BATCHES = 8  # per run: few enough to cost nothing to hand out, enough to even out the workers
 
 
 def lint_all(files: list[Path], severities: dict[str, str]) -> list[Finding]:
     """Every file's findings, in the order given.
 
-    From ``PARALLEL_FROM`` files on, and with more than one CPU, two forked workers lint the
-    files, as squawk lints on two threads; each worker inherits the loaded parser, so it
-    starts at once. The files go in ``BATCHES`` batches of about equal bytes, and a worker
-    takes the next batch when done, so both finish at about the same time whatever a byte
-    costs. A directory's ``NNN_name.sql`` files stay together and in order in one batch
-    (column types carry over between them); any other file is linted on its own.
+    From ``PARALLEL_FROM`` files on, and with more than one CPU, this process and one forked
+    child share the files (``share``), as squawk lints on two threads; the child inherits
+    the loaded parser, so it starts at once. A directory's ``NNN_name.sql`` files stay
+    together and in order in one job (column types carry over between them); any other file
+    is a job of its own. Jobs go out largest first (bytes), at most ``share.MAX_JOBS`` of
+    them (the smallest grouped), so the two processes finish at about the same time.
     """
     units: dict[Path | int, list[int]] = {}
     for index, path in enumerate(files):
         units.setdefault(path.parent if MIGRATION_NAME.match(path.name) else index, []).append(index)
     if len(files) < PARALLEL_FROM or len(units) < 2 or (os.cpu_count() or 1) < 2 or not hasattr(os, "fork"):
         return lint_group(files, severities)
-    size = [path.stat().st_size if path.is_file() else 0 for path in files]
-    batches: list[list[int]] = [[] for _ in range(BATCHES)]
-    weight = [0] * BATCHES
-    for indexes in sorted(units.values(), key=lambda unit: -sum(size[i] for i in unit)):
-        lighter = weight.index(min(weight))
-        batches[lighter].extend(indexes)
-        weight[lighter] += sum(size[i] for i in indexes)
-    import multiprocessing  # noqa: PLC0415 - only for large runs
-
-    with multiprocessing.get_context("fork").Pool(2) as pool:
-        results = pool.starmap(
-            lint_group, [([files[i] for i in sorted(batch)], severities) for batch in batches if batch], chunksize=1
+    size = [weight(path) for path in files]
+    largest_first = sorted(units.values(), key=lambda unit: -sum(size[i] for i in unit))
+    count = min(len(largest_first), share.MAX_JOBS)
+    jobs = [
+        sorted(
+            i
+            for unit in largest_first[len(largest_first) * k // count : len(largest_first) * (k + 1) // count]
+            for i in unit
         )
+        for k in range(count)
+    ]
+
+    def rows(job: int) -> list[tuple[str, str, str, int, str, str]]:
+        found = lint_group([files[i] for i in jobs[job]], severities)
+        return [(f.rule, f.severity, f.file, f.line, f.message, f.hint) for f in found]
+
     order = {str(path): index for index, path in enumerate(files)}
-    found = [finding for result in results for finding in result]
+    found = [Finding(*row) for result in share.share(count, rows) for row in result]
     return sorted(found, key=lambda f: order.get(f.file, 0))
+
+
+def weight(path: Path) -> int:
+    """A file's size in bytes, what lint's work on it is taken to be (0 if it cannot be read)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def lint_group(files: list[Path], severities: dict[str, str]) -> list[Finding]:

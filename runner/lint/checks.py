@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from runner.lint import types
+from runner.lint import source, types
 from runner.lint.rules import RULES
 
 NAMEDATALEN = 63
@@ -28,7 +28,14 @@ NOT_IN_PLPGSQL = (
     "CREATE INDEX CONCURRENTLY cannot run inside a DO block or function: move the index to the top level of a "
     "file of its own (CONCURRENTLY makes the whole file run outside a transaction)"
 )
-LONG_RUN = re.compile(rb'[A-Za-z0-9_$\x80-\xff]{64,}|"[^"]{64,}"')
+# A run of 64 identifier bytes (letters, digits, _, $, any byte of a multibyte character) or a
+# quoted name of 64 bytes: the only texts that can hold a name PostgreSQL truncates.
+IDENTIFIER_BYTES = bytes(  # bytes.translate table: identifier bytes become "a", the others " "
+    0x61 if byte >= 0x80 or (chr(byte).isascii() and (chr(byte).isalnum() or chr(byte) in "_$")) else 0x20
+    for byte in range(256)
+)
+LONG_RUN = b"a" * 64
+LONG_QUOTED = re.compile(rb'"[^"]{64,}"')
 NAMING_NODES = {
     "CreateStmt",
     "CreateTableAsStmt",
@@ -93,6 +100,7 @@ DROPPED_KINDS = {
     "OBJECT_DOMAIN": ("type", "drop-object", "DOMAIN"),
     "OBJECT_SEQUENCE": ("sequence", "drop-object", "SEQUENCE"),
 }
+FUNCTION_DROPS = {kind for kind, (category, _, _) in DROPPED_KINDS.items() if category == "function"}
 HOLDS_DATA = {"table", "sequence", "schema"}  # dropping and creating again loses rows or values
 RENAMED_KINDS = {
     "OBJECT_INDEX": "index",
@@ -244,7 +252,14 @@ class FileChecks:
     utc: bool = False
 
     def __post_init__(self) -> None:
-        self.made = [list(definitions(item.node)) if item.scope != "function" else [] for item in self.items]
+        # A function's argument types matter only to a DROP FUNCTION (ROUTINE, ...) of this file.
+        signatures = any(
+            kind(item.node) == "DropStmt" and body(item.node).get("removeType") in FUNCTION_DROPS for item in self.items
+        )
+        self.made = [
+            list(definitions(item.node, signatures=signatures)) if item.scope != "function" else []
+            for item in self.items
+        ]
         for made in self.made:
             self.defined.update(made)
 
@@ -582,7 +597,12 @@ class FileChecks:
 
     def names(self, item: Item) -> Iterator[Raw]:
         """identifier-too-long, from the text: the parse tree already holds the truncated name."""
-        if kind(item.node) not in NAMING_NODES or not LONG_RUN.search(item.text.encode()):
+        if kind(item.node) not in NAMING_NODES:
+            return
+        encoded = item.text.encode()
+        if LONG_RUN not in encoded.translate(IDENTIFIER_BYTES) and not (
+            b'"' in encoded and LONG_QUOTED.search(encoded)
+        ):
             return
         from pglast.parser import scan  # noqa: PLC0415 - only for the rare statement with a long run
 
@@ -658,8 +678,11 @@ def drop_key(category: str, target: dict[str, Any]) -> tuple[Any, ...]:
     return (category, object_name(target))
 
 
-def definitions(node: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
-    """What a statement creates, as keys compared with drops and renames."""
+def definitions(node: dict[str, Any], *, signatures: bool) -> Iterator[tuple[Any, ...]]:
+    """What a statement creates, as keys compared with drops and renames.
+
+    A function is known by its name, and with ``signatures`` also by its argument types.
+    """
     name, fields = kind(node), body(node)
     table = created_tables(node)
     if table:
@@ -679,13 +702,14 @@ def definitions(node: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
     elif name == "CreateSchemaStmt":
         yield ("schema", fields.get("schemaname", ""))
     elif name == "CreateFunctionStmt":
-        arguments = [
-            p["FunctionParameter"]["argType"]
-            for p in fields.get("parameters", ())
-            if p["FunctionParameter"].get("mode", "FUNC_PARAM_DEFAULT")
-            in {"FUNC_PARAM_DEFAULT", "FUNC_PARAM_IN", "FUNC_PARAM_INOUT", "FUNC_PARAM_VARIADIC"}
-        ]
-        yield ("function", *function_key(fields.get("funcname", []), arguments))
+        if signatures:
+            arguments = [
+                p["FunctionParameter"]["argType"]
+                for p in source.parameters(fields)
+                if p["FunctionParameter"].get("mode", "FUNC_PARAM_DEFAULT")
+                in {"FUNC_PARAM_DEFAULT", "FUNC_PARAM_IN", "FUNC_PARAM_INOUT", "FUNC_PARAM_VARIADIC"}
+            ]
+            yield ("function", *function_key(fields.get("funcname", []), arguments))
         yield ("function", last_name(fields.get("funcname", [])), None)
     elif name in {"CreateEnumStmt", "CreateRangeStmt"}:
         yield ("type", last_name(fields.get("typeName", ())))

@@ -106,7 +106,8 @@ class Linter:
     def migration(self, migration: Migration, path: Path, *, project: bool) -> tuple[list[checks.Raw], dict[int, int]]:
         """The file's raw findings, and each statement's first line -> last line (for waivers)."""
         units, problems = source.units(migration)
-        spans = {u.statement.line: last_line(u.statement) for u in units}
+        # Statement waivers need each statement's lines; without a ``runner:`` comment there are none.
+        spans = {u.statement.line: last_line(u.statement) for u in units} if "runner:" in migration.sql else {}
         raw = [structure(problem) for problem in problems]
         if migration.directives.batch is not None and not problems:
             raw += batch_problems(migration)
@@ -214,14 +215,15 @@ def starts_statement(code: str, keywords: tuple[str, ...]) -> bool:
     a parse.
     """
     for keyword in keywords:
+        size = len(keyword)
         at = code.find(keyword)
         while at >= 0:
-            after = code[at + len(keyword) : at + len(keyword) + 1]
-            before = code[max(0, at - 8) : at].rstrip(" \t")
-            opens = not before or before[-1] in "\n;" or before.rstrip().endswith(STATEMENT_START)
-            if opens and (not after or after.isspace()):
-                return True
-            at = code.find(keyword, at + 1)
+            after = code[at + size : at + size + 1]
+            if not after or after.isspace():  # a whole word (most are not: "dropped", "created_at")
+                before = code[max(0, at - 8) : at].rstrip(" \t")
+                if not before or before[-1] in "\n;" or before.rstrip().endswith(STATEMENT_START):
+                    return True
+            at = code.find(keyword, at + size)
     return False
 
 

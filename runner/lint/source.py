@@ -24,7 +24,9 @@ from typing import Any
 from runner.discover import Migration, Statement, make_statement, parse, parse_directives, read_text
 from runner.errors import Problem
 
-TAIL = re.compile(r'(?:,"stmt_location":(\d+))?(?:,"stmt_len":(\d+))?\}(?:,|\]\})$')
+STMT = '{"stmt":'
+STMT_LOCATION = ',"stmt_location":'
+STMT_LEN = ',"stmt_len":'
 KIND = re.compile(r'\{"(\w+)":')
 JSON_STRING = r'"((?:[^"\\]|\\.)*)"'
 RELATION = re.compile(  # a data change's target table, a view's name
@@ -33,6 +35,12 @@ RELATION = re.compile(  # a data change's target table, a view's name
 LEADING = re.compile(r"(?:[ \t]*(?:--[^\n]*)?(?:\n|$))*")  # the leading comment block, all discover reads
 DOLLAR = re.compile(r"\$(?:[A-Za-z_][A-Za-z_0-9]*)?\$")
 BODY_KEY = '"defname":"as","arg":'
+PARAMETERS = ',"parameters":['
+RETURN_TYPE = ',"returnType":'
+OPTIONS = ',"options":['
+SQL_BODY = '"sql_body":'
+PARAMETERS_AT = "parameters at"  # (JSON text, offset) of a function's undecoded parameters; no parser key has a space
+JSON = json.JSONDecoder()
 SVAL = '"sval":"'
 DML = {"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"}
 # Statement kinds no rule reads and that never change how the runner runs the file.
@@ -112,32 +120,35 @@ def units(migration: Migration) -> tuple[list[Unit], list[Problem]]:
         output = parse_sql_json(sql)
     except ParseError:
         return [], parse(migration)[1]
-    pieces = output.split('{"stmt":')[1:]
     ascii_only = sql.isascii()
     encoded = b"" if ascii_only else sql.encode()
     found: list[Unit] = []
     problems: list[Problem] = []
+    # Where the last kept statement ended: byte and character offsets, and its last line.
     char_end = line_end = byte_end = 0
-    for piece in pieces:
-        tail = TAIL.search(piece, max(0, len(piece) - 64))  # the keys after the tree, at its end
-        if tail is None:
-            raise ValueError("unexpected parser output")  # libpg_query's JSON layout changed
-        start = int(tail.group(1) or 0)
-        end = start + int(tail.group(2)) if tail.group(2) else len(sql if ascii_only else encoded)
+    at = output.find(STMT)
+    statements = at >= 0
+    while at >= 0:  # the statement's JSON is output[begin:stop]: its tree, then its location and length
+        begin = at + len(STMT)
+        at = output.find(STMT, begin)
+        stop = at if at >= 0 else len(output)
+        kind = KIND.match(output, begin)
+        name = kind.group(1) if kind else ""
+        if name in SKIPPED or (name == "SelectStmt" and output.find('"intoClause"', begin, stop) < 0):
+            continue
+        if name == "VariableSetStmt" and output.find('"timezone"', begin, stop) < 0:
+            continue
+        tree_end, start, length = tail(output, stop)
+        end = start + length if length else len(sql if ascii_only else encoded)
         if ascii_only:
-            gap, text = sql[byte_end:start], sql[start:end]
+            offset, text = start, sql[start:end]
+            first = line_end + sql.count("\n", byte_end, start) + 1
         else:
             gap, text = encoded[byte_end:start].decode(), encoded[start:end].decode()
-        offset = char_end + len(gap)
-        first = line_end + gap.count("\n") + 1
+            offset = char_end + len(gap)
+            first = line_end + gap.count("\n") + 1
         byte_end, char_end, line_end = end, offset + len(text), first - 1 + text.count("\n")
-        kind = KIND.match(piece)  # the piece is the tree and the tail: no copy for a skipped statement
-        name = kind.group(1) if kind else ""
-        if name in SKIPPED or (name == "SelectStmt" and '"intoClause"' not in piece):
-            continue
-        if name == "VariableSetStmt" and '"timezone"' not in piece:
-            continue
-        node = decode(name, piece[: tail.start()], kind.end() if kind else 0)
+        node = decode(name, output[begin:tree_end], kind.end() - begin if kind else 0)
         body = None
         if name in {"CreateFunctionStmt", "DoStmt"} and (literal := body_location(node[name])) >= 0:
             body = dollar_body(sql, literal if ascii_only else len(encoded[:literal].decode()), offset)
@@ -146,9 +157,26 @@ def units(migration: Migration) -> tuple[list[Unit], list[Problem]]:
             problems.append(Problem(refusal[0], refusal[1], migration.name, statement.line))
         else:
             found.append(Unit(statement, body))
-    if not pieces and not problems:
+    if not statements and not problems:
         problems.append(Problem("empty", "has no SQL statement (only comments)", migration.name))
     return found, problems
+
+
+def tail(output: str, stop: int) -> tuple[int, int, int]:
+    """(end of the tree, ``stmt_location``, ``stmt_len``) of the statement whose JSON ends at ``stop``.
+
+    The JSON ends ``{tree}[,"stmt_location":N][,"stmt_len":N]}`` and then ``,`` or, for the
+    last statement, ``]}``; a key is left out when its value is 0 (a length of 0: to the end).
+    """
+    close = stop - 2 if output[stop - 1] == "," else stop - 3  # the statement object's closing brace
+    if output[close] != "}":
+        raise ValueError("unexpected parser output")  # libpg_query's JSON layout changed
+    end, values = close, [0, 0]
+    for index, key in ((1, STMT_LEN), (0, STMT_LOCATION)):  # each number has at most 10 digits
+        at = output.rfind(key, max(0, end - 32), end)
+        if at >= 0:
+            values[index], end = int(output[at + len(key) : end]), at
+    return end, values[0], values[1]
 
 
 def decode(name: str, tree: str, after_kind: int) -> dict[str, Any]:
@@ -157,7 +185,7 @@ def decode(name: str, tree: str, after_kind: int) -> dict[str, Any]:
     For a data change only its target table; for a view its name and whether it replaces
     (``"replace":true`` cannot occur inside its query, and quotes in strings are escaped);
     for a DO block or function all but its body (decoding megabytes of bodies costs more than
-    the rest of a file).
+    the rest of a file), and of a function less again (``function_tree``).
     """
     relation = RELATION.match(tree, after_kind) if name in DML or name == "ViewStmt" else None
     if relation:
@@ -168,7 +196,37 @@ def decode(name: str, tree: str, after_kind: int) -> dict[str, Any]:
         return {name: fields}
     if name in {"CreateFunctionStmt", "DoStmt"}:
         tree = without_body(tree)
+    if name == "CreateFunctionStmt":
+        return function_tree(tree)
     return dict(json.loads(tree))
+
+
+def function_tree(tree: str) -> dict[str, Any]:
+    """A function's tree without its return type, and with its parameters decoded on demand.
+
+    Its name, OR REPLACE and options are decoded; its parameters (most of what is left once
+    the body is gone) only when ``parameters`` is called: only a file that drops functions
+    reads them. libpg_query writes ``parameters``, ``returnType``, ``options`` after the
+    name, in that order, then ``sql_body`` (a BEGIN ATOMIC body: then everything is decoded),
+    and keys are quoted (a string's quotes are escaped), so the last ``options`` key is the
+    function's own.
+    """
+    marks = [at for at in (tree.find(PARAMETERS), tree.find(RETURN_TYPE), tree.find(OPTIONS)) if at >= 0]
+    options = tree.rfind(OPTIONS)
+    if not marks or options < 0 or SQL_BODY in tree:
+        return dict(json.loads(tree))
+    node = dict(json.loads(tree[: min(marks)] + "}}"))
+    fields = node["CreateFunctionStmt"]
+    fields["options"] = JSON.raw_decode(tree, options + len(OPTIONS) - 1)[0]
+    if (parameters := tree.find(PARAMETERS)) >= 0:
+        fields[PARAMETERS_AT] = (tree, parameters + len(PARAMETERS) - 1)
+    return node
+
+
+def parameters(fields: dict[str, Any]) -> list[dict[str, Any]]:
+    """A ``CreateFunctionStmt``'s parameters (``FunctionParameter`` nodes), decoded if need be."""
+    undecoded = fields.get(PARAMETERS_AT)
+    return list(JSON.raw_decode(*undecoded)[0] if undecoded else fields.get("parameters", ()))
 
 
 def without_body(tree: str) -> str:
