@@ -4,7 +4,8 @@ Method (also written into the results):
 - The corpus is ``.cache/lint-corpus`` (``python -m bench.lint.corpus`` assembles it).
 - squawk runs as ``squawk --reporter json --assume-in-transaction FILES...`` (every project of
   the corpus runs a file as one transaction, as this runner does); ours as ``migration-runner
-  lint --select ALL --format json FILES...``. Both in one process over the whole corpus.
+  lint --select ALL --format json FILES...``, installed from this checkout as users install it
+  (``.cache/bench-runner``, not editable). Both in one process over the whole corpus.
 - Findings are compared per statement: a squawk violation belongs to the top-level statement
   whose lines hold it (our parser gives the statements); ours to the statement whose first
   line it reports (PL/pgSQL findings to the DO block or function around them).
@@ -34,6 +35,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench.__main__ import venv
 from runner.discover import parse, read_migration
 from runner.lint import Linter, configuration
 from runner.lint.rules import ALIASES, RULES
@@ -172,7 +174,7 @@ def main() -> None:
     corpus = files()
     names = [str(p.relative_to(REPO)) for p in corpus]
     squawk = [str(BIN / "squawk"), "--reporter", "json", "--assume-in-transaction"]
-    runner = [str(BIN / "migration-runner"), "lint", "--select", "ALL", "--format", "json"]
+    runner = [str(venv("bench-runner", str(REPO)) / "migration-runner"), "lint", "--select", "ALL", "--format", "json"]
     walls: dict[str, list[float]] = collections.defaultdict(list)
     single: dict[str, list[float]] = collections.defaultdict(list)
     for _ in range(args.reps):
