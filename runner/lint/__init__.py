@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import stat
 from pathlib import Path
 
 from runner.config import Settings
@@ -137,12 +138,18 @@ def targets(paths: list[Path]) -> list[Path]:
     """Files as given; a directory stands for the ``*.sql`` files below it, in path order."""
     found: list[Path] = []
     for path in paths:
-        if path.is_dir():
+        try:
+            directory = stat.S_ISDIR(path.stat().st_mode)  # one system call: most arguments are files
+        except FileNotFoundError:
+            if not path.is_symlink():
+                raise ConfigError(f"lint: {path}: no such file or directory") from None
+            directory = False  # a dangling link: reading it reports the problem
+        except OSError:
+            directory = False  # unreadable: reading it reports why
+        if directory:
             found += sorted(p for p in path.rglob("*.sql") if p.is_file())
-        elif path.exists() or path.is_symlink():
-            found.append(path)
         else:
-            raise ConfigError(f"lint: {path}: no such file or directory")
+            found.append(path)
     return found
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from runner.lint import source, types
 from runner.lint.rules import RULES
@@ -190,8 +190,9 @@ ADVICE_TYPES = {
 UTC_NAMES = {"utc", "etc/utc", "gmt", "etc/gmt", "zulu", "z", "uct", "universal"}
 
 
-@dataclass(frozen=True)
-class Raw:
+# Raw, Item (and source.Unit, plpgsql.Embedded, types.Type) are NamedTuples: immutable like a frozen
+# dataclass, and a quarter of the cost to create; a corpus run creates tens of thousands.
+class Raw(NamedTuple):
     """A finding before waivers and severities: rule, line, message, and a hint if not the rule's own."""
 
     rule: str
@@ -200,8 +201,7 @@ class Raw:
     hint: str = ""
 
 
-@dataclass(frozen=True)
-class Item:
+class Item(NamedTuple):
     """One statement to check: where it is and in which scope it runs."""
 
     node: dict[str, Any]

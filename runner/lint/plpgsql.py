@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 CATALOG = re.compile(r"\b(?:pg_[a-z_]+|information_schema\s*\.|to_reg[a-z]+\s*\()", re.IGNORECASE)
 LITERAL = re.compile(r"'(?:[^']|'')*'")
@@ -43,8 +42,8 @@ RELEVANT = (
 )
 
 
-@dataclass(frozen=True)
-class Embedded:
+# A NamedTuple, like checks.Item: immutable and cheap to create.
+class Embedded(NamedTuple):
     """One SQL statement found in a PL/pgSQL body."""
 
     node: dict[str, Any]  # {"Kind": {...}}, as in ``discover.Statement.node``

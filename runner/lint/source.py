@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from runner.discover import Migration, Statement, make_statement, parse, parse_directives, read_text
 from runner.errors import Problem
@@ -87,8 +86,8 @@ SKIPPED = {
 }
 
 
-@dataclass(frozen=True)
-class Unit:
+# A NamedTuple, like checks.Item: immutable and cheap to create.
+class Unit(NamedTuple):
     """A top-level statement; ``body`` is the (start, end) of its DO or function body in its text."""
 
     statement: Statement

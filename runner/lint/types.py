@@ -14,7 +14,7 @@ Invariants:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 # Type names as the parser writes them, to PostgreSQL's internal ones.
 SYNONYMS = {
@@ -51,8 +51,8 @@ UNLIMITED_TARGETS = {"varchar", "bpchar"}  # binary-coercible only without a len
 SERIALS = {"serial2", "serial4", "serial8"}
 
 
-@dataclass(frozen=True)
-class Type:
+# A NamedTuple, like checks.Item: immutable, hashable and cheap to create.
+class Type(NamedTuple):
     """A column type as written: internal name, modifiers (integers) and array dimensions."""
 
     name: str
