@@ -480,6 +480,20 @@ def test_cli_exit_codes_formats_and_configuration(tmp_path: Path) -> None:
     assert run_lint("bad.sql", "--select", "prefer-text", cwd=tmp_path).returncode == 0
 
 
+def test_a_missing_path_is_a_usage_error_and_a_dangling_link_a_finding(tmp_path: Path) -> None:
+    """lint's arguments take one stat each: a path that is not there exits 2; a dangling link is linted and reported."""
+    (tmp_path / "ok.sql").write_text("SELECT 1;\n")
+    missing = run_lint("ok.sql", "gone.sql", cwd=tmp_path)
+    assert missing.returncode == 2, missing.stderr
+    assert "gone.sql: no such file or directory" in missing.stderr
+    (tmp_path / "dangling.sql").symlink_to(tmp_path / "nowhere.sql")
+    dangling = run_lint("ok.sql", "dangling.sql", "--format", "json", cwd=tmp_path)
+    assert dangling.returncode == 3, dangling.stderr
+    (finding,) = json.loads(dangling.stdout)
+    assert (finding["file"], finding["rule"]) == ("dangling.sql", "structure")
+    assert "cannot read" in finding["message"]
+
+
 def test_lint_imports_no_database_driver() -> None:
     """The lint path loads neither psycopg nor the executor, nor pglast's Python AST classes."""
     code = (
