@@ -537,3 +537,12 @@ def test_readme_lists_every_rule() -> None:
     """The README's lint section names every rule id."""
     readme = (REPO / "README.md").read_text()
     assert [rule for rule in RULES if f"| `{rule}` |" not in readme] == []
+
+
+def test_a_repeated_do_block_is_reported_at_each_of_its_lines(tmp_path: Path) -> None:
+    """A body seen before is not parsed again, but each copy's findings carry its own file lines."""
+    block = "DO $$\nBEGIN\n  CREATE INDEX i ON users (id);\nEND $$;\n"
+    first = findings(tmp_path, block, "a.sql")
+    again = findings(tmp_path, "\n\n" + block + "SELECT 1;\n" + block, "b.sql")
+    assert [line for rule, line, _ in first if rule == "index-not-concurrent"] == [3]
+    assert [line for rule, line, _ in again if rule == "index-not-concurrent"] == [5, 10]

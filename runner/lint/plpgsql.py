@@ -16,10 +16,12 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import Any, NamedTuple
 
+CACHED_BODIES = 256  # distinct bodies remembered per process
 CATALOG = re.compile(r"\b(?:pg_[a-z_]+|information_schema\s*\.|to_reg[a-z]+\s*\()", re.IGNORECASE)
 LITERAL = re.compile(r"'(?:[^']|'')*'")
 GUARDING_CONDITIONS = ("duplicate_", "undefined_")
@@ -61,6 +63,16 @@ def statements(text: str, first_line: int) -> list[Embedded]:
 
     ``first_line`` is the file line of the body's first line. Raises ``BodyError``.
     """
+    return [found._replace(line=found.line + first_line - 1) for found in _statements(text)]
+
+
+@functools.lru_cache(maxsize=CACHED_BODIES)
+def _statements(text: str) -> tuple[Embedded, ...]:
+    """``statements`` with lines counted from the body's first line (1), remembered by text.
+
+    Migrations repeat the same DO block and function (an upgrade script per version defines
+    most functions again): a body seen before is not parsed again. The trees are only read.
+    """
     from pglast.parser import ParseError, parse_plpgsql_json  # noqa: PLC0415 - loaded with the parser
 
     try:
@@ -69,8 +81,8 @@ def statements(text: str, first_line: int) -> list[Embedded]:
         raise BodyError(str(exc.args[0])) from None
     queries: list[tuple[str, int, bool]] = []
     for action in actions(output):
-        _walk([action], guarded=False, base=first_line - 1, out=queries)
-    return _parse([q for q in queries if q[0].lstrip()[:8].lower().startswith(RELEVANT)])
+        _walk([action], guarded=False, base=0, out=queries)
+    return tuple(_parse([q for q in queries if q[0].lstrip()[:8].lower().startswith(RELEVANT)]))
 
 
 def actions(output: str) -> list[dict[str, Any]]:

@@ -170,12 +170,15 @@ def tail(output: str, stop: int) -> tuple[int, int, int]:
     close = stop - 2 if output[stop - 1] == "," else stop - 3  # the statement object's closing brace
     if output[close] != "}":
         raise ValueError("unexpected parser output")  # libpg_query's JSON layout changed
-    end, values = close, [0, 0]
-    for index, key in ((1, STMT_LEN), (0, STMT_LOCATION)):  # each number has at most 10 digits
-        at = output.rfind(key, max(0, end - 32), end)
-        if at >= 0:
-            values[index], end = int(output[at + len(key) : end]), at
-    return end, values[0], values[1]
+    end = close
+    length = location = 0
+    at = output.rfind(STMT_LEN, max(0, end - 32), end)  # each number has at most 10 digits
+    if at >= 0:
+        length, end = int(output[at + len(STMT_LEN) : end]), at
+    at = output.rfind(STMT_LOCATION, max(0, end - 32), end)
+    if at >= 0:
+        location, end = int(output[at + len(STMT_LOCATION) : end]), at
+    return end, location, length
 
 
 def decode(name: str, tree: str, after_kind: int) -> dict[str, Any]:
