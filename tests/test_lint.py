@@ -12,7 +12,8 @@ import pytest
 
 from runner.lint import PARALLEL_FROM, RULES, lint_all, lint_group, lint_paths
 from runner.lint import configuration as lint_configuration
-from runner.lint.report import flat_json
+from runner.lint.engine import Finding
+from runner.lint.report import render
 from runner.lint.rules import ALIASES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -525,12 +526,12 @@ def test_large_runs_in_batches_give_the_same_findings(tmp_path: Path) -> None:
 
 def test_json_report_is_json_dumps_byte_for_byte() -> None:
     """The json format's writer gives what json.dumps(indent=2) gives, escapes and the empty list included."""
-    rows: list[dict[str, object]] = [
-        {"rule": "structure", "line": 7, "file": 'a "b"\\c.sql', "message": "é\n\t\x00\u2028 ☃ 𝄞", "hint": ""},
-        {"rule": "header", "line": 1, "file": "x.sql", "message": "missing '-- Date:'", "hint": "/"},
+    found = [
+        Finding("structure", "error", 'a "b"\\c.sql', 7, "é\n\t\x00\u2028 ☃ 𝄞", ""),
+        Finding("header", "warning", "x.sql", 1, "missing '-- Date:'", "/"),
     ]
-    assert flat_json(rows) == json.dumps(rows, indent=2)
-    assert flat_json([]) == json.dumps([], indent=2)
+    assert render(found, 2, "json") == json.dumps([f.as_dict() for f in found], indent=2)
+    assert render([], 0, "json") == json.dumps([], indent=2)
 
 
 def test_readme_lists_every_rule() -> None:
