@@ -30,15 +30,17 @@ def wait_for(path: Path, seconds: float = 10.0) -> str:
 
 
 def test_both_processes_take_jobs_and_every_result_comes_back_in_order() -> None:
-    """Whichever process is free takes the next job; the results are in job order, and the child is reaped."""
+    """Whichever process is free takes the next job; results come back in job order; the child is reaped."""
 
     def work(job: int) -> tuple[int, int]:
         time.sleep(0.01)
         return job, os.getpid()
 
-    results = share(40, work)
-    assert [job for job, _ in results] == list(range(40))
-    pids = {pid for _, pid in results}
+    results = share(40, work, list, lambda plain: (plain[0], plain[1], "decoded"))
+    assert [job for job, *_ in results] == list(range(40))
+    pids = {pid for _, pid, *_ in results}
+    for _, pid, *decoded in results:  # only what crossed the pipe was encoded and decoded
+        assert decoded == ([] if pid == os.getpid() else ["decoded"])
     assert os.getpid() in pids
     assert len(pids) == 2, "the forked child took no job"
     (child,) = pids - {os.getpid()}
@@ -48,10 +50,10 @@ def test_both_processes_take_jobs_and_every_result_comes_back_in_order() -> None
 def test_job_counts_outside_what_the_queue_holds_are_refused() -> None:
     """The queue holds MAX_JOBS numbers (one page): more, or none, is a ValueError before any fork."""
     with pytest.raises(ValueError, match="jobs"):
-        share(MAX_JOBS + 1, lambda job: job)
+        share(MAX_JOBS + 1, lambda job: job, int, int)
     with pytest.raises(ValueError, match="jobs"):
-        share(0, lambda job: job)
-    assert share(MAX_JOBS, lambda job: job) == list(range(MAX_JOBS))
+        share(0, lambda job: job, int, int)
+    assert share(MAX_JOBS, lambda job: job, int, int) == list(range(MAX_JOBS))
 
 
 def test_an_exception_in_the_child_is_an_error_naming_it() -> None:
@@ -65,7 +67,7 @@ def test_an_exception_in_the_child_is_an_error_naming_it() -> None:
         return job
 
     with pytest.raises(WorkerError, match="RuntimeError: boom in the worker"):
-        share(20, work)
+        share(20, work, int, int)
 
 
 def test_a_child_killed_by_a_signal_is_an_error_naming_the_signal() -> None:
@@ -79,7 +81,7 @@ def test_a_child_killed_by_a_signal_is_an_error_naming_the_signal() -> None:
         return job
 
     with pytest.raises(WorkerError, match="killed by signal SIGKILL"):
-        share(20, work)
+        share(20, work, int, int)
 
 
 def test_an_exception_in_the_parent_kills_and_reaps_the_child(tmp_path: Path) -> None:
@@ -97,6 +99,6 @@ def test_an_exception_in_the_parent_kills_and_reaps_the_child(tmp_path: Path) ->
 
     started = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
-        share(2, work)
+        share(2, work, int, int)
     assert time.monotonic() - started < 30, "the parent waited for the child's work"
     assert gone(int(marker.read_text()))

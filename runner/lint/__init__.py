@@ -110,13 +110,15 @@ def lint_all(files: list[Path], severities: dict[str, str]) -> list[Finding]:
         for k in range(count)
     ]
 
-    def rows(job: int) -> list[tuple[str, str, str, int, str, str]]:
-        found = lint_group([files[i] for i in jobs[job]], severities)
+    def encode(found: list[Finding]) -> list[tuple[str, str, str, int, str, str]]:
         return [(f.rule, f.severity, f.file, f.line, f.message, f.hint) for f in found]
 
+    def decode(rows: list[tuple[str, str, str, int, str, str]]) -> list[Finding]:
+        return [Finding(*row) for row in rows]
+
+    results = share.share(count, lambda job: lint_group([files[i] for i in jobs[job]], severities), encode, decode)
     order = {str(path): index for index, path in enumerate(files)}
-    found = [Finding(*row) for result in share.share(count, rows) for row in result]
-    return sorted(found, key=lambda f: order.get(f.file, 0))
+    return sorted((finding for result in results for finding in result), key=lambda f: order.get(f.file, 0))
 
 
 def weight(path: Path) -> int:

@@ -8,9 +8,10 @@ Invariants:
   readers. ``MAX_JOBS`` numbers fill one page, the least a Linux pipe holds (pipe(7)), so
   writing them all before anyone reads never blocks.
 - The parent works too (no idle coordinator, no pool to start). The child inherits everything
-  loaded, sends ``(job, result)`` pairs through a second pipe with ``marshal`` (results are
-  plain values: tuples, lists, strings, numbers), and leaves with ``os._exit``: no clean-up of
-  the parent's state, no flush of inherited stdio buffers.
+  loaded, sends ``(job, encode(result))`` pairs through a second pipe with ``marshal`` (plain
+  values: tuples, lists, strings, numbers), which the parent ``decode``s; the parent's own
+  results are never encoded. The child leaves with ``os._exit``: no clean-up of the parent's
+  state, no flush of inherited stdio buffers.
 - The child is always reaped. An exception in the child, a child that dies (a signal, a short
   read) or results that do not load is a ``WorkerError`` in the parent naming what
   happened; an exception in the parent kills the child first. The parent waits for the child
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from typing import NoReturn, TypeVar
 
 Result = TypeVar("Result")
+Plain = TypeVar("Plain")
 MAX_JOBS = 1024  # 4-byte numbers in a 4 KiB page: a pipe's capacity once the user's pipe quota is spent
 WIDTH = 4
 
@@ -34,8 +36,14 @@ class WorkerError(Exception):
     """The forked worker failed; the message says how."""
 
 
-def share(jobs: int, work: Callable[[int], Result]) -> list[Result]:
-    """``[work(0), ..., work(jobs - 1)]``, computed by this process and one forked child."""
+def share(
+    jobs: int, work: Callable[[int], Result], encode: Callable[[Result], Plain], decode: Callable[[Plain], Result]
+) -> list[Result]:
+    """``[work(0), ..., work(jobs - 1)]``, computed by this process and one forked child.
+
+    The child's results cross the pipe as ``encode(result)`` (a value ``marshal`` takes) and
+    come back as ``decode`` of that.
+    """
     if not 0 < jobs <= MAX_JOBS:
         raise ValueError(f"share: {jobs} jobs (1 to {MAX_JOBS})")
     queue_out, queue_in = os.pipe()
@@ -44,7 +52,7 @@ def share(jobs: int, work: Callable[[int], Result]) -> list[Result]:
     results_out, results_in = os.pipe()
     pid = os.fork()
     if pid == 0:
-        _child(queue_out, results_out, results_in, work)
+        _child(queue_out, results_out, results_in, lambda job: encode(work(job)))
     os.close(results_in)
     done: dict[int, Result] = {}
     try:
@@ -57,10 +65,10 @@ def share(jobs: int, work: Callable[[int], Result]) -> list[Result]:
         os.close(queue_out)
         os.close(results_out)
         _, status = os.waitpid(pid, 0)
-    theirs: list[tuple[int, Result]] | str = _load(payload, status)
+    theirs: list[tuple[int, Plain]] | str = _load(payload, status)
     if isinstance(theirs, str):
         raise WorkerError(f"lint worker failed: {theirs}")
-    done.update(theirs)
+    done.update((job, decode(plain)) for job, plain in theirs)
     if len(done) != jobs:
         raise WorkerError(f"lint worker: {jobs - len(done)} of {jobs} jobs got no result")
     return [done[job] for job in range(jobs)]
@@ -77,7 +85,7 @@ def _take(queue: int, work: Callable[[int], Result]) -> list[tuple[int, Result]]
     return results
 
 
-def _child(queue: int, results_out: int, results_in: int, work: Callable[[int], Result]) -> NoReturn:
+def _child(queue: int, results_out: int, results_in: int, work: Callable[[int], Plain]) -> NoReturn:
     """The child's whole life: take jobs, send what they gave (or why it failed), exit."""
     code = 0
     os.close(results_out)
@@ -101,12 +109,12 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _load(payload: bytes, status: int) -> list[tuple[int, Result]] | str:
+def _load(payload: bytes, status: int) -> list[tuple[int, Plain]] | str:
     """The child's results, or (text) why there are none."""
     if os.WIFSIGNALED(status):
         return f"killed by signal {signal.Signals(os.WTERMSIG(status)).name}"
     try:
-        value: list[tuple[int, Result]] | str = marshal.loads(payload)  # noqa: S302 - our own child's bytes
+        value: list[tuple[int, Plain]] | str = marshal.loads(payload)  # noqa: S302 - our own child's bytes
     except (EOFError, ValueError, TypeError) as exc:  # a truncated payload: the child failed
         return f"exit status {os.waitstatus_to_exitcode(status)}, unreadable results ({type(exc).__name__})"
     return value
