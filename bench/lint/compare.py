@@ -35,7 +35,6 @@ import sys
 import time
 from pathlib import Path
 
-from bench.__main__ import venv
 from runner.discover import parse, read_migration
 from runner.lint import Linter, configuration
 from runner.lint.rules import ALIASES, RULES
@@ -174,6 +173,8 @@ def main() -> None:
     corpus = files()
     names = [str(p.relative_to(REPO)) for p in corpus]
     squawk = [str(BIN / "squawk"), "--reporter", "json", "--assume-in-transaction"]
+    from bench.__main__ import venv  # noqa: PLC0415 - loads psycopg: only the timing needs it, not bench.lint.inprocess
+
     runner = [str(venv("bench-runner", str(REPO)) / "migration-runner"), "lint", "--select", "ALL", "--format", "json"]
     walls: dict[str, list[float]] = collections.defaultdict(list)
     single: dict[str, list[float]] = collections.defaultdict(list)
