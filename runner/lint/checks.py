@@ -100,23 +100,6 @@ DROPPED_KINDS = {
     "OBJECT_DOMAIN": ("type", "drop-object", "DOMAIN"),
     "OBJECT_SEQUENCE": ("sequence", "drop-object", "SEQUENCE"),
 }
-DEFINING_NODES = {  # the statements ``definitions`` reads
-    "CreateStmt",
-    "CreateTableAsStmt",
-    "SelectStmt",
-    "IndexStmt",
-    "ViewStmt",
-    "CreateSeqStmt",
-    "CreateSchemaStmt",
-    "CreateFunctionStmt",
-    "CreateEnumStmt",
-    "CreateRangeStmt",
-    "CompositeTypeStmt",
-    "DefineStmt",
-    "CreateDomainStmt",
-    "AlterTableStmt",
-    "RenameStmt",
-}
 FUNCTION_DROPS = {kind for kind, (category, _, _) in DROPPED_KINDS.items() if category == "function"}
 HOLDS_DATA = {"table", "sequence", "schema"}  # dropping and creating again loses rows or values
 RENAMED_KINDS = {
@@ -700,10 +683,7 @@ def definitions(node: dict[str, Any], *, signatures: bool) -> Iterator[tuple[Any
 
     A function is known by its name, and with ``signatures`` also by its argument types.
     """
-    name = kind(node)
-    if name not in DEFINING_NODES:
-        return
-    fields = body(node)
+    name, fields = kind(node), body(node)
     table = created_tables(node)
     if table:
         yield ("table", table)
