@@ -213,14 +213,15 @@ def function_tree(tree: str) -> dict[str, Any]:
     and keys are quoted (a string's quotes are escaped), so the last ``options`` key is the
     function's own.
     """
-    marks = [at for at in (tree.find(PARAMETERS), tree.find(RETURN_TYPE), tree.find(OPTIONS)) if at >= 0]
+    parameters = tree.find(PARAMETERS)
+    marks = [at for at in (parameters, tree.find(RETURN_TYPE), tree.find(OPTIONS)) if at >= 0]
     options = tree.rfind(OPTIONS)
     if not marks or options < 0 or SQL_BODY in tree:
         return dict(json.loads(tree))
     node = dict(json.loads(tree[: min(marks)] + "}}"))
     fields = node["CreateFunctionStmt"]
     fields["options"] = JSON.raw_decode(tree, options + len(OPTIONS) - 1)[0]
-    if (parameters := tree.find(PARAMETERS)) >= 0:
+    if parameters >= 0:
         fields[PARAMETERS_AT] = (tree, parameters + len(PARAMETERS) - 1)
     return node
 
