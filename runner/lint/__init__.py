@@ -11,7 +11,9 @@ Invariants:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
+import operator
 import os
 import stat
 from pathlib import Path
@@ -110,8 +112,10 @@ def lint_all(files: list[Path], severities: dict[str, str]) -> list[Finding]:
         for k in range(count)
     ]
 
+    row = operator.attrgetter(*(field.name for field in dataclasses.fields(Finding)))  # Finding(*row) rebuilds it
+
     def encode(found: list[Finding]) -> list[tuple[str, str, str, int, str, str]]:
-        return [(f.rule, f.severity, f.file, f.line, f.message, f.hint) for f in found]
+        return [row(f) for f in found]
 
     def decode(rows: list[tuple[str, str, str, int, str, str]]) -> list[Finding]:
         return [Finding(*row) for row in rows]
