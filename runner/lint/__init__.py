@@ -169,6 +169,6 @@ def directory(migrations_dir: Path, linter: Linter) -> list[Path]:
         for problem in exc.problems:  # the directory's own; each file's come when it is linted
             if problem.kind in DIRECTORY_PROBLEMS:
                 shown = str(migrations_dir / problem.file) if problem.file else str(migrations_dir)
-                linter.findings += linter.select([structure(problem)], None, shown, {})
+                linter.findings += linter.select([structure(problem)], None, shown, [])
     files = [p for p in migrations_dir.iterdir() if p.name.endswith(".sql") and not p.name.startswith(".")]
     return sorted(files, key=lambda p: (int(m.group(1)) if (m := MIGRATION_NAME.match(p.name)) else 0, p.name))

@@ -95,19 +95,17 @@ class Linter:
         match = MIGRATION_NAME.match(path.name)
         migration, problems = source.read(path, int(match.group(1)) if match else 0)
         raw = [structure(problem) for problem in problems]
-        spans: dict[int, int] = {}
+        statements: list[Statement] = []
         if migration is not None:
-            more, spans = self.migration(migration, path, project=match is not None)
+            more, statements = self.migration(migration, path, project=match is not None)
             raw += more
-        found = self.select(raw, migration, name, spans)
+        found = self.select(raw, migration, name, statements)
         self.findings += found
         return found
 
-    def migration(self, migration: Migration, path: Path, *, project: bool) -> tuple[list[checks.Raw], dict[int, int]]:
-        """The file's raw findings, and each statement's first line -> last line (for waivers)."""
+    def migration(self, migration: Migration, path: Path, *, project: bool) -> tuple[list[checks.Raw], list[Statement]]:
+        """The file's raw findings, and its statements (for waivers)."""
         units, problems = source.units(migration)
-        # Statement waivers need each statement's lines; without a ``runner:`` comment there are none.
-        spans = {u.statement.line: last_line(u.statement) for u in units} if "runner:" in migration.sql else {}
         raw = [structure(problem) for problem in problems]
         if migration.directives.batch is not None and not problems:
             raw += batch_problems(migration)
@@ -120,10 +118,10 @@ class Linter:
         # other layouts may be upgrade graphs (a.sql and b.sql both from version 1).
         columns = self.columns.setdefault(path.parent, {}) if project else {}
         raw += checks.FileChecks(transactional, columns, items).run()
-        return raw, spans
+        return raw, [u.statement for u in units]
 
     def select(
-        self, raw: list[checks.Raw], migration: Migration | None, shown: str, spans: dict[int, int]
+        self, raw: list[checks.Raw], migration: Migration | None, shown: str, statements: list[Statement]
     ) -> list[Finding]:
         """Waivers applied, rules not selected dropped, severities set; sorted by line.
 
@@ -136,6 +134,7 @@ class Linter:
             waiver_problems, file_waived, statement_waived = waivers(migration)
             raw += waiver_problems
         covered: dict[int, set[str]] = {}
+        spans = {s.line: last_line(s) for s in statements} if statement_waived else {}  # first line -> last
         for first, rules in statement_waived.items():
             for line in range(first, spans.get(first, first) + 1):
                 covered.setdefault(line, set()).update(rules)
