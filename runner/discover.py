@@ -348,12 +348,17 @@ def read_bytes(path: Path, size: int) -> bytes:
     """A file of about ``size`` bytes, with the fewest system calls (no buffer layer, no tty check)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        chunks = [os.read(fd, size + 1)]  # one read for a file that did not grow since its stat
-        while chunks[-1]:
-            chunks.append(os.read(fd, READ_CHUNK))
-        return b"".join(chunks)
+        return read_all(fd, size + 1)  # one read for a file that did not grow since its stat
     finally:
         os.close(fd)
+
+
+def read_all(fd: int, first: int = READ_CHUNK) -> bytes:
+    """Everything left to read from ``fd`` (a file or a pipe), the first read asking for ``first`` bytes."""
+    chunks = [os.read(fd, first)]
+    while chunks[-1]:
+        chunks.append(os.read(fd, READ_CHUNK))
+    return b"".join(chunks)
 
 
 def version_of(name: str) -> int | None:

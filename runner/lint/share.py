@@ -26,6 +26,8 @@ import signal
 from collections.abc import Callable
 from typing import NoReturn, TypeVar
 
+from runner.discover import read_all
+
 Result = TypeVar("Result")
 Plain = TypeVar("Plain")
 MAX_JOBS = 1024  # 4-byte numbers in a 4 KiB page: a pipe's capacity once the user's pipe quota is spent
@@ -57,7 +59,7 @@ def share(
     done: dict[int, Result] = {}
     try:
         done.update(_take(queue_out, work))
-        payload = _read_all(results_out)
+        payload = read_all(results_out)
     except BaseException:
         os.kill(pid, signal.SIGKILL)
         raise
@@ -100,13 +102,6 @@ def _child(queue: int, results_out: int, results_in: int, work: Callable[[int], 
             view = view[os.write(results_in, view) :]
     finally:
         os._exit(code)
-
-
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 1 << 20):
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _load(payload: bytes, status: int) -> list[tuple[int, Plain]] | str:
