@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.lint import PARALLEL_FROM, RULES, lint_all, lint_group, lint_paths
+from runner.lint import PARALLEL_FROM, RULES, lint_all, lint_group, lint_paths, source
 from runner.lint import configuration as lint_configuration
 from runner.lint.engine import Finding
 from runner.lint.report import render
@@ -547,3 +547,79 @@ def test_a_repeated_do_block_is_reported_at_each_of_its_lines(tmp_path: Path) ->
     again = findings(tmp_path, "\n\n" + block + "SELECT 1;\n" + block, "b.sql")
     assert [line for rule, line, _ in first if rule == "index-not-concurrent"] == [3]
     assert [line for rule, line, _ in again if rule == "index-not-concurrent"] == [5, 10]
+
+
+FILLER = "  -- " + "padding so the body is long enough to be masked " * 8 + "\n"
+MASKING_CASES = {
+    "bodies": (
+        "-- café ☕ before anything\n"
+        "CREATE OR REPLACE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $fn$\nBEGIN\n"
+        + FILLER
+        + "  -- naïve comment\n  CREATE INDEX fi ON users (id);\nEND $fn$;\n"
+        "DO $$\nBEGIN\n" + FILLER + "  ALTER TABLE users ADD CONSTRAINT ck CHECK (id > 0);\nEND $$;\n"
+        "CREATE INDEX i ON users (id);\n"
+    ),
+    "a $$ in a comment": (
+        "-- costs $$ to run\nCREATE INDEX i ON users (id);\n" + FILLER + "-- and $$ again\nSELECT 1;\n"
+    ),
+    "a long literal that is no body": (
+        "COMMENT ON TABLE users IS $c$" + "x" * 400 + "$c$;\n"
+        "DO $$\nBEGIN\n" + FILLER + "  CREATE INDEX i ON users (id);\nEND $$;\n"
+        "CREATE INDEX j ON users (id);\n"
+    ),
+    "a tag inside a string": (
+        "SELECT 'not $q$ a literal';\nCREATE INDEX i ON users (id);\n" + FILLER + "SELECT 'nor $q$ this';\n"
+    ),
+    "a syntax error after a body": (
+        "DO $$\nBEGIN\n" + FILLER + "  CREATE INDEX i ON users (id);\nEND $$;\nCREATE TABLE broken (;\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MASKING_CASES))
+def test_masked_bodies_give_the_findings_of_the_file_as_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """Long dollar-quoted bodies are emptied before the SQL parse; that never changes a finding or its line.
+
+    Each case is linted with masking and without it (``MASK_FROM`` beyond any literal); the
+    misleading ones (a ``$$`` in a comment, a long literal that is not a body, a tag inside a
+    string) make the masked parse disagree with the file, which must then be parsed as it is.
+    """
+    sql = MASKING_CASES[case]
+    masked = findings(tmp_path, sql, "a.sql")
+    monkeypatch.setattr(source, "MASK_FROM", 1 << 30)
+    assert source.mask(sql) == source.UNMASKED
+    assert masked == findings(tmp_path, sql, "a.sql")
+    expected = "structure" if "syntax error" in case else "index-not-concurrent"
+    assert expected in {rule for rule, _, _ in masked}
+
+
+def test_mask_keeps_offsets_statements_and_bodies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The masked text maps back to the file's bytes, and its parse gives the file's own statements and bodies."""
+    sql = MASKING_CASES["bodies"]
+    masked = source.mask(sql)
+    assert len(masked.at) == 2
+    assert masked.sql.count("$fn$$fn$") == 1
+    assert masked.sql.count("$$$$") == 1
+    for at in masked.at:
+        start = masked.original(at)
+        assert sql.encode()[start:].startswith(masked.sql.encode()[at : at + 2])
+    path = tmp_path / "a.sql"
+    path.write_text(sql)
+    migration, _ = source.read(path, 1)
+    assert migration is not None
+
+    def shown(units: list[source.Unit]) -> list[tuple[int, str, str]]:
+        return [
+            (u.statement.line, u.statement.text, u.statement.text[u.body[0] : u.body[1]] if u.body else "")
+            for u in units
+        ]
+
+    with_mask, problems = source.units(migration)
+    assert problems == []
+    assert [line for line, _, _ in shown(with_mask)] == [2, 8, 13]
+    assert shown(with_mask)[0][2].startswith("\nBEGIN\n")
+    assert shown(with_mask)[0][2].endswith("END ")
+    monkeypatch.setattr(source, "MASK_FROM", 1 << 30)
+    assert shown(with_mask) == shown(source.units(migration)[0])

@@ -7,14 +7,17 @@ Invariants:
 - Statements no rule looks at (GRANT, COMMENT, SELECT without INTO, ALTER FUNCTION without
   RENAME, ...) get no parse tree; a data change gets a minimal one naming its target table, a
   view one with its name and OR REPLACE;
-  the body of a DO block or function is blanked for the SQL parser and kept as ``Unit.body``
-  (the PL/pgSQL parser reads the statement's own text). This is what makes lint fast: most of
-  a real corpus is function bodies and statements no rule reads.
+  the body of a DO block or function is kept as ``Unit.body`` (the PL/pgSQL parser reads the
+  statement's own text), and the SQL parser never copies it into its output: long
+  dollar-quoted bodies are emptied in the text it reads (``mask``; that parse is kept only if
+  each emptied literal is a body), the rest are blanked in the JSON before decoding. This is
+  what makes lint fast: most of a real corpus is function bodies and statements no rule reads.
 - On a syntax error the parser stops: ``discover.parse`` names it, and there are no statements.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 from pathlib import Path
@@ -41,6 +44,7 @@ SQL_BODY = '"sql_body":'
 PARAMETERS_AT = "parameters at"  # (JSON text, offset) of a function's undecoded parameters; no parser key has a space
 JSON = json.JSONDecoder()
 SVAL = '"sval":"'
+MASK_FROM = 256  # bytes: a shorter body costs the parser's JSON output less than a second parse risks
 DML = {"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"}
 # Statement kinds no rule reads and that never change how the runner runs the file.
 SKIPPED = {
@@ -107,26 +111,115 @@ def read(path: Path, version: int) -> tuple[Migration | None, list[Problem]]:
 def units(migration: Migration) -> tuple[list[Unit], list[Problem]]:
     """The file's statements (refused ones reported, not returned) and its problems.
 
-    The file is parsed once; the JSON of each statement is decoded only if some rule reads
-    that kind of statement (top-level statements are delimited by ``{"stmt":`` in
-    libpg_query's output: nested nodes never use that key, and quotes inside strings are
-    escaped).
+    The file is parsed with its long dollar-quoted literals emptied (``mask``); if each of them
+    turns out to be the body of a DO block or function, that parse is the file's own but for
+    the bodies' text, which lint takes from the file. Otherwise (a ``$$`` in a comment, a long
+    literal that is not a body) the file is parsed again as it is.
     """
     from pglast.parser import ParseError, parse_sql_json  # noqa: PLC0415 - loaded only to parse
 
-    sql = migration.sql
+    masked = mask(migration.sql)
+    if masked.at:
+        try:
+            found, problems, bodies = statements(migration, parse_sql_json(masked.sql), masked)
+        except ParseError:
+            bodies = -1
+        if bodies == len(masked.at):
+            return found, problems
     try:
-        output = parse_sql_json(sql)
+        output = parse_sql_json(migration.sql)
     except ParseError:
         return [], parse(migration)[1]
+    found, problems, _ = statements(migration, output, UNMASKED)
+    return found, problems
+
+
+class Masked(NamedTuple):
+    """A file's text with literals emptied.
+
+    ``at``: their byte offsets in it; ``removed``: the bytes removed up to and with each;
+    ``contents``: the file's (start, end) characters of each one's text, by its offset here.
+    """
+
+    sql: str
+    at: list[int]
+    removed: list[int]
+    contents: dict[int, tuple[int, int]]
+
+    def original(self, offset: int) -> int:
+        """The file's byte offset for this offset of the masked text (at or before a masked literal)."""
+        index = bisect.bisect_left(self.at, offset)
+        return offset + self.removed[index - 1] if index else offset
+
+
+UNMASKED = Masked("", [], [], {})
+
+
+def mask(sql: str) -> Masked:
+    """``sql`` with the text of each dollar-quoted literal of ``MASK_FROM`` bytes or more removed.
+
+    ``$tag$...$tag$`` becomes ``$tag$$tag$``: the same kind of token, ending where the file's
+    does. A guess at where literals are (a ``$`` in a comment or a string misleads it), so
+    ``statements`` keeps the masked parse only if the parser puts a body literal at each
+    masked offset. Then the masked text lexes as the file does, token for token, but for those
+    literals' values: before the first one the text is the same, and each ends, as
+    PostgreSQL's lexer ends it, at the first repeat of its opening tag.
+    """
+    pieces: list[str] = []
+    at: list[int] = []
+    removed: list[int] = []
+    contents: dict[int, tuple[int, int]] = {}
+    ascii_only = sql.isascii()
+    copied = copied_bytes = gone = 0  # sql[:copied] is in pieces; it is copied_bytes long in UTF-8
+    dollar = sql.find("$")
+    while dollar >= 0:
+        opening = DOLLAR.match(sql, dollar) if not dollar or not identifier_char(sql[dollar - 1]) else None
+        if opening is None:
+            dollar = sql.find("$", dollar + 1)
+            continue
+        tag = opening.group(0)
+        closing = sql.find(tag, opening.end())
+        if closing < 0:
+            break
+        end = closing + len(tag)
+        inside = closing - opening.end() if ascii_only else len(sql[opening.end() : closing].encode())
+        if inside >= MASK_FROM:
+            before = dollar - copied if ascii_only else len(sql[copied:dollar].encode())
+            at.append(copied_bytes + before - gone)
+            contents[at[-1]] = (opening.end(), closing)
+            gone += inside
+            removed.append(gone)
+            pieces += (sql[copied : opening.end()], tag)
+            copied, copied_bytes = end, copied_bytes + before + len(tag) * 2 + inside
+        dollar = sql.find("$", end)
+    if not at:
+        return UNMASKED
+    pieces.append(sql[copied:])
+    return Masked("".join(pieces), at, removed, contents)
+
+
+def identifier_char(char: str) -> bool:
+    """Whether a ``$`` after this character continues a word (PostgreSQL identifiers may hold ``$``)."""
+    return char.isalnum() or char in "_$" or not char.isascii()
+
+
+def statements(migration: Migration, output: str, masked: Masked) -> tuple[list[Unit], list[Problem], int]:
+    """The statements of the parser's ``output`` (of ``masked.sql``), problems, and how many masked literals are bodies.
+
+    Top-level statements are delimited by ``{"stmt":`` in libpg_query's output (nested nodes
+    never use that key, and quotes inside strings are escaped); the JSON of a statement is
+    decoded only if some rule reads that kind of statement.
+    """
+    sql = migration.sql
     ascii_only = sql.isascii()
     encoded = b"" if ascii_only else sql.encode()
     found: list[Unit] = []
     problems: list[Problem] = []
+    bodies = 0  # masked literals found to be bodies
     # Where the last kept statement ended: byte and character offsets, and its last line.
     char_end = line_end = byte_end = 0
     at = output.find(STMT)
-    statements = at >= 0
+    any_statement = at >= 0
     while at >= 0:  # the statement's JSON is output[begin:stop]: its tree, then its location and length
         begin = at + len(STMT)
         at = output.find(STMT, begin)
@@ -138,7 +231,8 @@ def units(migration: Migration) -> tuple[list[Unit], list[Problem]]:
         if name == "VariableSetStmt" and output.find('"timezone"', begin, stop) < 0:
             continue
         tree_end, start, length = tail(output, stop)
-        end = start + length if length else len(sql if ascii_only else encoded)
+        end = masked.original(start + length) if length else len(sql if ascii_only else encoded)
+        start = masked.original(start)
         if ascii_only:
             offset, text = start, sql[start:end]
             first = line_end + sql.count("\n", byte_end, start) + 1
@@ -150,15 +244,20 @@ def units(migration: Migration) -> tuple[list[Unit], list[Problem]]:
         node = decode(name, output[begin:tree_end], kind.end() - begin if kind else 0)
         body = None
         if name in {"CreateFunctionStmt", "DoStmt"} and (literal := body_location(node[name])) >= 0:
-            body = dollar_body(sql, literal if ascii_only else len(encoded[:literal].decode()), offset)
+            if content := masked.contents.get(literal):
+                bodies += 1
+                body = (content[0] - offset, content[1] - offset)
+            else:
+                literal = masked.original(literal)
+                body = dollar_body(sql, literal if ascii_only else len(encoded[:literal].decode()), offset)
         statement, refusal = make_statement(text, offset, first, node)
         if refusal:
             problems.append(Problem(refusal[0], refusal[1], migration.name, statement.line))
         else:
             found.append(Unit(statement, body))
-    if not statements and not problems:
+    if not any_statement and not problems:
         problems.append(Problem("empty", "has no SQL statement (only comments)", migration.name))
-    return found, problems
+    return found, problems, bodies
 
 
 def tail(output: str, stop: int) -> tuple[int, int, int]:
