@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.lint import PARALLEL_FROM, RULES, lint_all, lint_group, lint_paths, source
+from runner.lint import PARALLEL_FROM, RULES, lint_all, lint_group, lint_paths, source, targets
 from runner.lint import configuration as lint_configuration
 from runner.lint.engine import Finding
 from runner.lint.report import render
@@ -521,7 +521,8 @@ def test_large_runs_in_batches_give_the_same_findings(tmp_path: Path) -> None:
         path.write_text("ALTER TABLE users ALTER COLUMN id TYPE bigint;\n" if index % 2 else "DROP TABLE gone;\n")
         files.append(path)
     chosen = severities("default")
-    assert lint_all(files, chosen) == lint_group(files, chosen)
+    given = targets([str(path) for path in files])
+    assert lint_all(given, chosen) == lint_group(given, chosen)
 
 
 def test_json_report_is_json_dumps_byte_for_byte() -> None:

@@ -15,7 +15,7 @@ import gc
 import time
 
 from bench.lint.compare import files
-from runner.lint import configuration, cparser, lint_group
+from runner.lint import configuration, cparser, lint_group, targets
 
 
 def main() -> None:
@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
     cparser.load()
-    corpus = files()
+    corpus = targets([str(path) for path in files()])
     severities = configuration.severities({}, "bench", select=["ALL"], ignore=None)
     gc.disable()  # as the lint command runs
     best = float("inf")

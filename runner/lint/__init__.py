@@ -17,6 +17,7 @@ import operator
 import os
 import stat
 from pathlib import Path
+from typing import NamedTuple
 
 from runner.config import Settings
 from runner.discover import MIGRATION_NAME
@@ -27,7 +28,7 @@ from runner.lint.report import FORMATS, render
 from runner.lint.rules import RULES
 
 DIRECTORY_PROBLEMS = {"name", "duplicate", "gap"}
-__all__ = ["RULES", "Finding", "Linter", "add_arguments", "command", "lint_paths"]
+__all__ = ["RULES", "Finding", "Linter", "Target", "add_arguments", "command", "lint_paths"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,7 +71,7 @@ def command(settings: Settings, args: argparse.Namespace) -> None:
         ignore=configuration.split(args.ignore),
     )
     linter = Linter(severities)
-    files = targets([Path(name) for name in args.files]) if args.files else directory(settings.migrations_dir, linter)
+    files = targets(args.files) if args.files else directory(settings.migrations_dir, linter)
     gc.disable()  # lint's trees and findings hold no cycles: reference counting frees them, collecting walks them
     try:
         linter.findings += lint_all(files, severities)
@@ -85,23 +86,35 @@ def command(settings: Settings, args: argparse.Namespace) -> None:
 PARALLEL_FROM = 200  # files; below that, forking costs more than it saves
 
 
-def lint_all(files: list[Path], severities: dict[str, str]) -> list[Finding]:
+class Target(NamedTuple):
+    """A file to lint: its name as given (or as found below a directory) and its size in bytes.
+
+    The size is what lint's work on the file is taken to be (0 if it cannot be stat'ed:
+    reading it reports why). The name becomes a ``Path`` only in the process that lints it.
+    """
+
+    name: str
+    size: int
+
+
+def lint_all(files: list[Target], severities: dict[str, str]) -> list[Finding]:
     """Every file's findings, in the order given.
 
     From ``PARALLEL_FROM`` files on, and with more than one CPU, this process and one forked
     child share the files (``share``), as squawk lints on two threads; the child inherits
     the loaded parser, so it starts at once. A directory's ``NNN_name.sql`` files stay
-    together and in order in one job (column types carry over between them); any other file
-    is a job of its own. Jobs go out largest first (bytes), at most ``share.MAX_JOBS`` of
-    them (the smallest grouped), so the two processes finish at about the same time.
+    together and in order in one job (column types carry over between them; the directory
+    is normalised as ``Path`` would, so no two names of one directory are split); any other
+    file is a job of its own. Jobs go out largest first (bytes), at most ``share.MAX_JOBS``
+    of them (the smallest grouped), so the two processes finish at about the same time.
     """
-    units: dict[Path | int, list[int]] = {}
-    for index, path in enumerate(files):
-        units.setdefault(path.parent if MIGRATION_NAME.match(path.name) else index, []).append(index)
+    units: dict[str | int, list[int]] = {}
+    for index, target in enumerate(files):
+        head, tail = os.path.split(target.name)
+        units.setdefault(os.path.normpath(head) if MIGRATION_NAME.match(tail) else index, []).append(index)
     if len(files) < PARALLEL_FROM or len(units) < 2 or (os.cpu_count() or 1) < 2 or not hasattr(os, "fork"):
         return lint_group(files, severities)
-    size = [weight(path) for path in files]
-    largest_first = sorted(units.values(), key=lambda unit: -sum(size[i] for i in unit))
+    largest_first = sorted(units.values(), key=lambda unit: -sum(files[i].size for i in unit))
     count = min(len(largest_first), share.MAX_JOBS)
     jobs = [
         sorted(
@@ -114,61 +127,71 @@ def lint_all(files: list[Path], severities: dict[str, str]) -> list[Finding]:
 
     row = operator.attrgetter(*(field.name for field in dataclasses.fields(Finding)))  # Finding(*row) rebuilds it
 
-    def encode(found: list[Finding]) -> list[tuple[str, str, str, int, str, str]]:
-        return [row(f) for f in found]
+    def encode(found: list[list[Finding]]) -> list[list[tuple[str, str, str, int, str, str]]]:
+        return [[row(f) for f in each] for each in found]
 
-    def decode(rows: list[tuple[str, str, str, int, str, str]]) -> list[Finding]:
-        return [Finding(*row) for row in rows]
+    def decode(rows: list[list[tuple[str, str, str, int, str, str]]]) -> list[list[Finding]]:
+        return [[Finding(*row) for row in each] for each in rows]
 
-    results = share.share(count, lambda job: lint_group([files[i] for i in jobs[job]], severities), encode, decode)
-    order = {str(path): index for index, path in enumerate(files)}
-    return sorted((finding for result in results for finding in result), key=lambda f: order.get(f.file, 0))
-
-
-def weight(path: Path) -> int:
-    """A file's size in bytes, what lint's work on it is taken to be (0 if it cannot be read)."""
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
+    results = share.share(count, lambda job: lint_each([files[i] for i in jobs[job]], severities), encode, decode)
+    by_file: list[list[Finding]] = [[] for _ in files]
+    for job, result in zip(jobs, results, strict=True):
+        for index, found in zip(job, result, strict=True):
+            by_file[index] = found
+    return [finding for found in by_file for finding in found]
 
 
-def lint_group(files: list[Path], severities: dict[str, str]) -> list[Finding]:
+def lint_each(files: list[Target], severities: dict[str, str]) -> list[list[Finding]]:
+    """Each file's findings, in the order given, by one ``Linter`` (column types carry over)."""
     linter = Linter(severities)
-    for path in files:
-        linter.lint(path)
-    return linter.findings
+    return [linter.lint(Path(target.name)) for target in files]
 
 
-def targets(paths: list[Path]) -> list[Path]:
+def lint_group(files: list[Target], severities: dict[str, str]) -> list[Finding]:
+    return [finding for found in lint_each(files, severities) for finding in found]
+
+
+def targets(names: list[str]) -> list[Target]:
     """Files as given; a directory stands for the ``*.sql`` files below it, in path order."""
-    found: list[Path] = []
-    for path in paths:
+    found: list[Target] = []
+    for name in names:
         try:
-            directory = stat.S_ISDIR(path.stat().st_mode)  # one system call: most arguments are files
+            status = os.stat(name)  # noqa: PTH116 - one call per argument, no Path: the workers make those
         except FileNotFoundError:
-            if not path.is_symlink():
-                raise ConfigError(f"lint: {path}: no such file or directory") from None
-            directory = False  # a dangling link: reading it reports the problem
+            if not Path(name).is_symlink():
+                raise ConfigError(f"lint: {name}: no such file or directory") from None
+            found.append(Target(name, 0))  # a dangling link: reading it reports the problem
+            continue
         except OSError:
-            directory = False  # unreadable: reading it reports why
-        if directory:
-            found += sorted(p for p in path.rglob("*.sql") if p.is_file())
+            found.append(Target(name, 0))  # unreadable: reading it reports why
+            continue
+        if stat.S_ISDIR(status.st_mode):
+            found += [target for path in sorted(Path(name).rglob("*.sql")) if (target := regular(path))]
         else:
-            found.append(path)
+            found.append(Target(name, status.st_size))
     return found
 
 
-def directory(migrations_dir: Path, linter: Linter) -> list[Path]:
+def regular(path: Path) -> Target | None:
+    """The file at ``path`` as a target, if it is a regular file (after links)."""
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return Target(str(path), status.st_size) if stat.S_ISREG(status.st_mode) else None
+
+
+def directory(migrations_dir: Path, linter: Linter) -> list[Target]:
     """The migrations directory's ``*.sql`` files in version order; naming problems become findings."""
     from runner.discover import discover  # noqa: PLC0415
 
     try:
-        return [m.path for m in discover(migrations_dir)]
+        paths = [m.path for m in discover(migrations_dir)]
     except ValidationError as exc:
         for problem in exc.problems:  # the directory's own; each file's come when it is linted
             if problem.kind in DIRECTORY_PROBLEMS:
                 shown = str(migrations_dir / problem.file) if problem.file else str(migrations_dir)
                 linter.findings += linter.select([structure(problem)], None, shown, [])
-    files = [p for p in migrations_dir.iterdir() if p.name.endswith(".sql") and not p.name.startswith(".")]
-    return sorted(files, key=lambda p: (int(m.group(1)) if (m := MIGRATION_NAME.match(p.name)) else 0, p.name))
+        files = [p for p in migrations_dir.iterdir() if p.name.endswith(".sql") and not p.name.startswith(".")]
+        paths = sorted(files, key=lambda p: (int(m.group(1)) if (m := MIGRATION_NAME.match(p.name)) else 0, p.name))
+    return [regular(path) or Target(str(path), 0) for path in paths]
