@@ -21,6 +21,7 @@ import json
 import re
 from typing import Any, NamedTuple
 
+JSON = json.JSONDecoder()  # raw_decode: a value where it stands, without json.loads' copy and checks
 CACHED_BODIES = 256  # distinct bodies remembered per process
 CATALOG = re.compile(r"\b(?:pg_[a-z_]+|information_schema\s*\.|to_reg[a-z]+\s*\()", re.IGNORECASE)
 LITERAL = re.compile(r"'(?:[^']|'')*'")
@@ -93,8 +94,7 @@ def actions(output: str) -> list[dict[str, Any]]:
     """
     start = output.find('"action":')
     if output.count('"PLpgSQL_function"') == 1 and start >= 0:
-        end = output.rfind("}}")
-        return [json.loads(output[start + len('"action":') : end])] if end > start else []
+        return [JSON.raw_decode(output, start + len('"action":'))[0]]
     return [f["PLpgSQL_function"]["action"] for f in json.loads(output) if f.get("PLpgSQL_function", {}).get("action")]
 
 
@@ -168,7 +168,7 @@ def _parse(queries: list[tuple[str, int, bool]]) -> list[Embedded]:
     if not queries:
         return []
     try:
-        tree = json.loads(parse_sql_json(";\n".join(query for query, _, _ in queries)))
+        tree = JSON.raw_decode(parse_sql_json(";\n".join(query for query, _, _ in queries)))[0]
         nodes = [raw["stmt"] for raw in tree.get("stmts", ())]
     except ParseError:
         nodes = []
@@ -179,7 +179,7 @@ def _parse(queries: list[tuple[str, int, bool]]) -> list[Embedded]:
     found: list[Embedded] = []
     for query, line, guarded in queries:
         try:
-            tree = json.loads(parse_sql_json(query))
+            tree = JSON.raw_decode(parse_sql_json(query))[0]
         except ParseError:
             continue  # PL/pgSQL-only syntax the SQL parser does not take; PostgreSQL reports it at run time
         found += [Embedded(raw["stmt"], line, guarded, query) for raw in tree.get("stmts", ())]

@@ -241,7 +241,7 @@ def statements(migration: Migration, output: str, masked: Masked) -> tuple[list[
             offset = char_end + len(gap)
             first = line_end + gap.count("\n") + 1
         byte_end, char_end, line_end = end, offset + len(text), first - 1 + text.count("\n")
-        node = decode(name, output[begin:tree_end], kind.end() - begin if kind else 0)
+        node = decode(name, output, begin, tree_end, kind.end() if kind else begin)
         body = None
         if name in {"CreateFunctionStmt", "DoStmt"} and (literal := body_location(node[name])) >= 0:
             if content := masked.contents.get(literal):
@@ -280,26 +280,33 @@ def tail(output: str, stop: int) -> tuple[int, int, int]:
     return end, location, length
 
 
-def decode(name: str, tree: str, after_kind: int) -> dict[str, Any]:
-    """A statement's tree, decoded from libpg_query's JSON as far as some rule reads it.
+def decode(name: str, output: str, begin: int, end: int, after_kind: int) -> dict[str, Any]:
+    """A statement's tree (``output[begin:end]``), decoded from libpg_query's JSON as far as some rule reads it.
 
     For a data change only its target table; for a view its name and whether it replaces
     (``"replace":true`` cannot occur inside its query, and quotes in strings are escaped);
     for a DO block or function all but its body (decoding megabytes of bodies costs more than
-    the rest of a file), and of a function less again (``function_tree``).
+    the rest of a file), and of a function less again (``function_tree``). Any other tree is
+    decoded where it stands (``after_kind``: the offset after its ``{"Kind":``).
     """
-    relation = RELATION.match(tree, after_kind) if name in DML or name == "ViewStmt" else None
+    relation = RELATION.match(output, after_kind, end) if name in DML or name == "ViewStmt" else None
     if relation:
         key, table = relation.group(1), relation.group(4)
-        fields: dict[str, Any] = {key: {"relname": json.loads(f'"{table}"') if "\\" in table else table}}
-        if name == "ViewStmt" and '"replace":true' in tree:
+        fields: dict[str, Any] = {key: {"relname": JSON.decode(f'"{table}"') if "\\" in table else table}}
+        if name == "ViewStmt" and output.find('"replace":true', begin, end) >= 0:
             fields["replace"] = True
         return {name: fields}
-    if name in {"CreateFunctionStmt", "DoStmt"}:
-        tree = without_body(tree)
     if name == "CreateFunctionStmt":
-        return function_tree(tree)
-    return dict(json.loads(tree))
+        return function_tree(without_body(output[begin:end]))
+    if name == "DoStmt":
+        return tree_of(without_body(output[begin:end]))
+    return tree_of(output, begin)
+
+
+def tree_of(text: str, at: int = 0) -> dict[str, Any]:
+    """The JSON object at ``text[at:]``, by ``raw_decode``: ``json.loads`` checks cost more than a small tree."""
+    tree: dict[str, Any] = JSON.raw_decode(text, at)[0]
+    return tree
 
 
 def function_tree(tree: str) -> dict[str, Any]:
@@ -316,8 +323,8 @@ def function_tree(tree: str) -> dict[str, Any]:
     marks = [at for at in (parameters, tree.find(RETURN_TYPE), tree.find(OPTIONS)) if at >= 0]
     options = tree.rfind(OPTIONS)
     if not marks or options < 0 or SQL_BODY in tree:
-        return dict(json.loads(tree))
-    node = dict(json.loads(tree[: min(marks)] + "}}"))
+        return tree_of(tree)
+    node = tree_of(tree[: min(marks)] + "}}")
     fields = node["CreateFunctionStmt"]
     fields["options"] = JSON.raw_decode(tree, options + len(OPTIONS) - 1)[0]
     if parameters >= 0:
