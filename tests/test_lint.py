@@ -624,3 +624,19 @@ def test_mask_keeps_offsets_statements_and_bodies(tmp_path: Path, monkeypatch: p
     assert shown(with_mask)[0][2].endswith("END ")
     monkeypatch.setattr(source, "MASK_FROM", 1 << 30)
     assert shown(with_mask) == shown(source.units(migration)[0])
+
+
+@pytest.mark.parametrize("filler", ["", FILLER], ids=["short body", "long body"])
+def test_a_body_opening_on_the_line_after_as_counts_its_lines_from_there(tmp_path: Path, filler: str) -> None:
+    """Findings inside a function are reported at their own file line, whichever pglast (8.3 has no arg_location).
+
+    The body's line 1 is the line its opening quote stands on, here the line after ``AS``: a
+    body not located would be counted from the statement's first line, one line too early.
+    """
+    sql = (
+        "CREATE OR REPLACE FUNCTION f() RETURNS void LANGUAGE plpgsql AS\n$$\nBEGIN\n"
+        + filler
+        + "  CREATE INDEX i ON users (id);\nEND $$;\n"
+    )
+    expected = 5 if filler else 4
+    assert [line for rule, line, _ in findings(tmp_path, sql, "a.sql") if rule == "index-not-concurrent"] == [expected]

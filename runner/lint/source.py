@@ -20,6 +20,7 @@ from __future__ import annotations
 import bisect
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -36,6 +37,8 @@ RELATION = re.compile(  # a data change's target table, a view's name
 )
 LEADING = re.compile(r"(?:[ \t]*(?:--[^\n]*)?(?:\n|$))*")  # the leading comment block, all discover reads
 DOLLAR = re.compile(r"\$(?:[A-Za-z_][A-Za-z_0-9]*)?\$")
+AS_KEYWORD = re.compile(r"[Aa][Ss][ \t\n\r\f\v]+")  # a function's AS and the whitespace after it
+AS_KEYWORD_BYTES = re.compile(AS_KEYWORD.pattern.encode())
 BODY_KEY = '"defname":"as","arg":'
 PARAMETERS = ',"parameters":['
 RETURN_TYPE = ',"returnType":'
@@ -213,6 +216,10 @@ def statements(migration: Migration, output: str, masked: Masked) -> tuple[list[
     sql = migration.sql
     ascii_only = sql.isascii()
     encoded = b"" if ascii_only else sql.encode()
+
+    def parsed() -> str | bytes:  # what the parser read, for body_location
+        return (masked.sql or sql) if ascii_only else (masked.sql.encode() if masked.at else encoded)
+
     found: list[Unit] = []
     problems: list[Problem] = []
     bodies = 0  # masked literals found to be bodies
@@ -243,7 +250,7 @@ def statements(migration: Migration, output: str, masked: Masked) -> tuple[list[
         byte_end, char_end, line_end = end, offset + len(text), first - 1 + text.count("\n")
         node = decode(name, output, begin, tree_end, kind.end() if kind else begin)
         body = None
-        if name in {"CreateFunctionStmt", "DoStmt"} and (literal := body_location(node[name])) >= 0:
+        if name in {"CreateFunctionStmt", "DoStmt"} and (literal := body_location(node[name], parsed)) >= 0:
             if content := masked.contents.get(literal):
                 bodies += 1
                 body = (content[0] - offset, content[1] - offset)
@@ -356,13 +363,28 @@ def without_body(tree: str) -> str:
     return tree
 
 
-def body_location(fields: dict[str, object]) -> int:
-    """Byte offset in the file of the body literal of a DO block or function (-1 if unknown)."""
+def body_location(fields: dict[str, object], parsed: Callable[[], str | bytes]) -> int:
+    """Byte offset, in the text the parser read, of the body literal of a DO block or function (-1 if unknown).
+
+    The ``arg_location`` of pglast 8.4 and later where it exists. pglast 8.3 gives only the
+    option's ``location``: a DO block's literal itself, or a function's ``AS`` keyword, whose
+    argument then starts after the whitespace that follows it (anything else there, a comment,
+    and the body stays unknown). ``parsed()`` is that text, as ``str`` when it is ASCII
+    (offsets are the same), else as UTF-8 ``bytes``.
+    """
     options = fields.get("args", fields.get("options", ()))
     for option in options if isinstance(options, list) else ():
         element = option.get("DefElem", {})
-        if element.get("defname") == "as":
-            return int(element.get("arg_location", -1))
+        if element.get("defname") != "as":
+            continue
+        if "arg_location" in element:
+            return int(element["arg_location"])
+        location = int(element.get("location", -1))
+        if "args" in fields or location < 0:
+            return location
+        text = parsed()
+        after = AS_KEYWORD.match(text, location) if isinstance(text, str) else AS_KEYWORD_BYTES.match(text, location)
+        return after.end() if after else -1
     return -1
 
 
