@@ -366,7 +366,7 @@ def without_body(tree: str) -> str:
 def body_location(fields: dict[str, object], parsed: Callable[[], str | bytes]) -> int:
     """Byte offset, in the text the parser read, of the body literal of a DO block or function (-1 if unknown).
 
-    The ``arg_location`` of pglast 8.4 and later where it exists. pglast 8.3 gives only the
+    The option's ``arg_location`` where the parse tree has one (pglast 8.8 does). 8.3 gives only the
     option's ``location``: a DO block's literal itself, or a function's ``AS`` keyword, whose
     argument then starts after the whitespace that follows it (anything else there, a comment,
     and the body stays unknown). ``parsed()`` is that text, as ``str`` when it is ASCII
