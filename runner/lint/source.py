@@ -18,6 +18,7 @@ Invariants:
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import re
 from collections.abc import Callable
@@ -176,23 +177,21 @@ def mask(sql: str) -> Masked:
     copied = copied_bytes = gone = 0  # sql[:copied] is in pieces; it is copied_bytes long in UTF-8
     dollar = sql.find("$")
     while dollar >= 0:
-        opening = DOLLAR.match(sql, dollar) if not dollar or not identifier_char(sql[dollar - 1]) else None
-        if opening is None:
+        literal = dollar_literal(sql, dollar) if not dollar or not identifier_char(sql[dollar - 1]) else None
+        if literal is None:
             dollar = sql.find("$", dollar + 1)
             continue
-        tag = opening.group(0)
-        closing = sql.find(tag, opening.end())
-        if closing < 0:
-            break
+        start, closing = literal
+        tag = sql[dollar:start]
         end = closing + len(tag)
-        inside = closing - opening.end() if ascii_only else len(sql[opening.end() : closing].encode())
+        inside = closing - start if ascii_only else len(sql[start:closing].encode())
         if inside >= MASK_FROM:
             before = dollar - copied if ascii_only else len(sql[copied:dollar].encode())
             at.append(copied_bytes + before - gone)
-            contents[at[-1]] = (opening.end(), closing)
+            contents[at[-1]] = literal
             gone += inside
             removed.append(gone)
-            pieces += (sql[copied : opening.end()], tag)
+            pieces += (sql[copied:start], tag)
             copied, copied_bytes = end, copied_bytes + before + len(tag) * 2 + inside
         dollar = sql.find("$", end)
     if not at:
@@ -217,7 +216,8 @@ def statements(migration: Migration, output: str, masked: Masked) -> tuple[list[
     ascii_only = sql.isascii()
     encoded = b"" if ascii_only else sql.encode()
 
-    def parsed() -> str | bytes:  # what the parser read, for body_location
+    @functools.cache
+    def parsed() -> str | bytes:  # what the parser read, for body_location; encoded once at most
         return (masked.sql or sql) if ascii_only else (masked.sql.encode() if masked.at else encoded)
 
     found: list[Unit] = []
@@ -388,10 +388,22 @@ def body_location(fields: dict[str, object], parsed: Callable[[], str | bytes]) 
     return -1
 
 
-def dollar_body(sql: str, at: int, offset: int) -> tuple[int, int] | None:
-    """The body between the dollar quotes opening at file position ``at``, relative to ``offset``."""
+def dollar_literal(sql: str, at: int) -> tuple[int, int] | None:
+    """(start, end) of the text of the dollar-quoted literal opening at ``at``, ending where PostgreSQL's lexer ends it.
+
+    None if no dollar quote opens there or it never closes.
+    """
     opening = DOLLAR.match(sql, at)
     if not opening:
-        return None  # a single-quoted body: PL/pgSQL lines are then counted from the statement
+        return None
     closing = sql.find(opening.group(0), opening.end())
-    return (opening.end() - offset, closing - offset) if closing >= 0 else None
+    return (opening.end(), closing) if closing >= 0 else None
+
+
+def dollar_body(sql: str, at: int, offset: int) -> tuple[int, int] | None:
+    """The body between the dollar quotes opening at file position ``at``, relative to ``offset``.
+
+    None for a single-quoted body: PL/pgSQL lines are then counted from the statement.
+    """
+    literal = dollar_literal(sql, at)
+    return (literal[0] - offset, literal[1] - offset) if literal else None
