@@ -337,6 +337,14 @@ def test_unknown_old_type_says_so(tmp_path: Path) -> None:
             "CREATE OR REPLACE PROCEDURE p() LANGUAGE plpgsql AS $$ BEGIN REINDEX TABLE users; END $$;",
             "reindex-not-concurrent",
         ),
+        (  # other options, one of them text that looks like a LANGUAGE option; LANGUAGE after the body
+            (
+                "CREATE OR REPLACE FUNCTION f(a int DEFAULT 1) RETURNS void SECURITY DEFINER"
+                """ SET application_name = '{"DefElem":{"defname":"language","arg":{"String":{"sval":"sql"}}}}'"""
+                " AS $$ BEGIN CREATE INDEX IF NOT EXISTS i ON users (a); END $$ STRICT LANGUAGE plpgsql;"
+            ),
+            "index-not-concurrent",
+        ),
     ],
 )
 def test_plpgsql_statements_are_linted(tmp_path: Path, body: str, expected: str) -> None:

@@ -45,6 +45,7 @@ PARAMETERS = ',"parameters":['
 RETURN_TYPE = ',"returnType":'
 OPTIONS = ',"options":['
 SQL_BODY = '"sql_body":'
+READ_OPTION = re.compile(r'\{"DefElem":\{"defname":"(?:language|as)",')  # the function options lint reads
 PARAMETERS_AT = "parameters at"  # (JSON text, offset) of a function's undecoded parameters; no parser key has a space
 JSON = json.JSONDecoder()
 SVAL = '"sval":"'
@@ -304,7 +305,7 @@ def decode(name: str, output: str, begin: int, end: int, after_kind: int) -> dic
             fields["replace"] = True
         return {name: fields}
     if name == "CreateFunctionStmt":
-        return function_tree(without_body(output[begin:end]))
+        return function_tree(output, begin, end)
     if name == "DoStmt":
         return tree_of(without_body(output[begin:end]))
     return tree_of(output, begin)
@@ -316,26 +317,26 @@ def tree_of(text: str, at: int = 0) -> dict[str, Any]:
     return tree
 
 
-def function_tree(tree: str) -> dict[str, Any]:
-    """A function's tree without its return type, and with its parameters decoded on demand.
+def function_tree(output: str, begin: int, end: int) -> dict[str, Any]:
+    """A function's tree (``output[begin:end]``): its name, OR REPLACE, and the options lint reads.
 
-    Its name, OR REPLACE and options are decoded; its parameters (most of what is left once
-    the body is gone) only when ``parameters`` is called: only a file that drops functions
-    reads them. libpg_query writes ``parameters``, ``returnType``, ``options`` after the
-    name, in that order, then ``sql_body`` (a BEGIN ATOMIC body: then everything is decoded),
-    and keys are quoted (a string's quotes are escaped), so the last ``options`` key is the
-    function's own.
+    Of its options only LANGUAGE and AS (the body's language and location) are decoded; its
+    parameters (most of what is left) only when ``parameters`` is called: only a file that
+    drops functions reads them. libpg_query writes ``parameters``, ``returnType``, ``options``
+    after the name, in that order, then ``sql_body`` (a BEGIN ATOMIC body: then all but the
+    body is decoded), and keys are quoted (a string's quotes are escaped), so the last
+    ``options`` key is the function's own and an option's opening is never inside a string.
     """
-    parameters = tree.find(PARAMETERS)
-    marks = [at for at in (parameters, tree.find(RETURN_TYPE), tree.find(OPTIONS)) if at >= 0]
-    options = tree.rfind(OPTIONS)
-    if not marks or options < 0 or SQL_BODY in tree:
-        return tree_of(tree)
-    node = tree_of(tree[: min(marks)] + "}}")
+    parameters = output.find(PARAMETERS, begin, end)
+    head = parameters if parameters >= 0 else output.find(RETURN_TYPE, begin, end)
+    options = output.rfind(OPTIONS, begin, end)
+    if options < 0 or output.find(SQL_BODY, begin, end) >= 0:
+        return tree_of(without_body(output[begin:end]))
+    node = tree_of(output[begin : head if head >= 0 else options] + "}}")
     fields = node["CreateFunctionStmt"]
-    fields["options"] = JSON.raw_decode(tree, options + len(OPTIONS) - 1)[0]
+    fields["options"] = [JSON.raw_decode(output, at.start())[0] for at in READ_OPTION.finditer(output, options, end)]
     if parameters >= 0:
-        fields[PARAMETERS_AT] = (tree, parameters + len(PARAMETERS) - 1)
+        fields[PARAMETERS_AT] = (output, parameters + len(PARAMETERS) - 1)
     return node
 
 
