@@ -252,10 +252,13 @@ class FileChecks:
     utc: bool = False
 
     def __post_init__(self) -> None:
-        # A function's argument types matter only to a DROP FUNCTION (ROUTINE, ...) of this file.
-        signatures = any(
-            kind(item.node) == "DropStmt" and body(item.node).get("removeType") in FUNCTION_DROPS for item in self.items
-        )
+        # A function's argument types matter only to a DROP FUNCTION (ROUTINE, ...) of its name in this file.
+        signatures = {
+            object_name(target)
+            for item in self.items
+            if kind(item.node) == "DropStmt" and body(item.node).get("removeType") in FUNCTION_DROPS
+            for target in body(item.node).get("objects", ())
+        }
         self.made = [
             list(definitions(item.node, signatures=signatures)) if item.scope != "function" else []
             for item in self.items
@@ -678,10 +681,11 @@ def drop_key(category: str, target: dict[str, Any]) -> tuple[Any, ...]:
     return (category, object_name(target))
 
 
-def definitions(node: dict[str, Any], *, signatures: bool) -> Iterator[tuple[Any, ...]]:
+def definitions(node: dict[str, Any], *, signatures: set[str]) -> Iterator[tuple[Any, ...]]:
     """What a statement creates, as keys compared with drops and renames.
 
-    A function is known by its name, and with ``signatures`` also by its argument types.
+    A function is known by its name, and if its name is in ``signatures`` (the file drops a
+    function of that name) also by its argument types.
     """
     name, fields = kind(node), body(node)
     table = created_tables(node)
@@ -702,7 +706,7 @@ def definitions(node: dict[str, Any], *, signatures: bool) -> Iterator[tuple[Any
     elif name == "CreateSchemaStmt":
         yield ("schema", fields.get("schemaname", ""))
     elif name == "CreateFunctionStmt":
-        if signatures:
+        if last_name(fields.get("funcname", [])) in signatures:
             arguments = [
                 p["FunctionParameter"]["argType"]
                 for p in source.parameters(fields)
