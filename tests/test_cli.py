@@ -264,3 +264,28 @@ def test_rehearse_schema_only_runs_only_what_is_pending_and_reports_table_locks(
         report = {r["migration"]: r for r in json.loads(result.stdout)}
         assert set(report) == {"003_c.sql"}, extra
         assert report["003_c.sql"]["locks"]["public.users"] == "RowExclusiveLock"
+
+
+@pytest.mark.parametrize("columns", [None, "60", "200", "abc", "-5"])
+def test_help_is_laid_out_as_argparse_lays_it_out(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], columns: str | None
+) -> None:
+    """The formatter that spares every run the import of shutil sizes help as argparse's own does."""
+    import argparse  # noqa: PLC0415
+
+    from runner import cli  # noqa: PLC0415
+
+    def help_text(*args: str) -> str:
+        with pytest.raises(SystemExit):
+            cli.main([*args, "--help"])
+        return capsys.readouterr().out
+
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    for command in (("lint",), ("migrate",), ()):
+        ours = help_text(*command)
+        with monkeypatch.context() as stock:
+            stock.setattr(cli, "Formatter", argparse.HelpFormatter)
+            assert help_text(*command) == ours
