@@ -539,7 +539,7 @@ def test_json_report_is_json_dumps_byte_for_byte() -> None:
         Finding("structure", "error", 'a "b"\\c.sql', 7, "é\n\t\x00\u2028 ☃ 𝄞", ""),
         Finding("header", "warning", "x.sql", 1, "missing '-- Date:'", "/"),
     ]
-    assert render(found, 2, "json") == json.dumps([f.as_dict() for f in found], indent=2)
+    assert render(found, 2, "json") == json.dumps([f._asdict() for f in found], indent=2)
     assert render([], 0, "json") == json.dumps([], indent=2)
 
 

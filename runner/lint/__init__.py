@@ -11,9 +11,7 @@ Invariants:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
-import operator
 import os
 import stat
 from pathlib import Path
@@ -125,13 +123,12 @@ def lint_all(files: list[Target], severities: dict[str, str]) -> list[Finding]:
         for k in range(count)
     ]
 
-    row = operator.attrgetter(*(field.name for field in dataclasses.fields(Finding)))  # Finding(*row) rebuilds it
-
     def encode(found: list[list[Finding]]) -> list[list[tuple[str, str, str, int, str, str]]]:
-        return [[row(f) for f in each] for each in found]
+        """Plain tuples: marshal takes no subclass of tuple."""
+        return [[(f.rule, f.severity, f.file, f.line, f.message, f.hint) for f in each] for each in found]
 
     def decode(rows: list[list[tuple[str, str, str, int, str, str]]]) -> list[list[Finding]]:
-        return [[Finding(*row) for row in each] for each in rows]
+        return [[Finding._make(row) for row in each] for each in rows]
 
     results = share.share(count, lambda job: lint_each([files[i] for i in jobs[job]], severities), encode, decode)
     by_file: list[list[Finding]] = [[] for _ in files]

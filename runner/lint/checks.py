@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from runner.lint import source, types
@@ -173,8 +172,10 @@ ADVICE_TYPES = {
 UTC_NAMES = {"utc", "etc/utc", "gmt", "etc/gmt", "zulu", "z", "uct", "universal"}
 
 
-# Raw, Item (and source.Unit, plpgsql.Embedded, types.Type) are NamedTuples: immutable like a frozen
-# dataclass, and a quarter of the cost to create; a corpus run creates tens of thousands.
+# Lint's values (Raw, Item, engine.Finding, rules.Rule, source.Unit, plpgsql.Embedded, types.Type,
+# types.Change) are NamedTuples: immutable like a frozen dataclass, a quarter of the cost to create (a
+# corpus run creates tens of thousands), and no methods compiled when the module loads (a dataclass
+# compiles each of its own, a millisecond or more per class on every lint run).
 class Raw(NamedTuple):
     """A finding before waivers and severities: rule, line, message, and a hint if not the rule's own."""
 
@@ -237,21 +238,18 @@ def created_tables(node: dict[str, Any]) -> str | None:
     return None
 
 
-@dataclass
 class FileChecks:
     """The rules over one file's statements, in order; ``raw`` collects what they find."""
 
-    transactional: bool
-    columns: Columns
-    items: list[Item]
-    raw: list[Raw] = field(default_factory=list)
-    defined: set[tuple[str, ...]] = field(default_factory=set)
-    not_valid: dict[str, set[str]] = field(default_factory=dict)  # transaction owner -> constraint names
-    earlier: set[tuple[str, ...]] = field(default_factory=set)  # what the statements so far created
-    made: list[list[tuple[str, ...]]] = field(default_factory=list)  # what each item creates
-    utc: bool = False
-
-    def __post_init__(self) -> None:
+    def __init__(self, transactional: bool, columns: Columns, items: list[Item]) -> None:
+        self.transactional = transactional
+        self.columns = columns
+        self.items = items
+        self.raw: list[Raw] = []
+        self.defined: set[tuple[str, ...]] = set()  # what the file creates
+        self.not_valid: dict[str, set[str]] = {}  # transaction owner -> constraint names
+        self.earlier: set[tuple[str, ...]] = set()  # what the statements so far created
+        self.utc = False  # the session time zone is UTC
         # A function's argument types matter only to a DROP FUNCTION (ROUTINE, ...) of its name in this file.
         signatures = {
             object_name(target)
@@ -259,7 +257,7 @@ class FileChecks:
             if kind(item.node) == "DropStmt" and body(item.node).get("removeType") in FUNCTION_DROPS
             for target in body(item.node).get("objects", ())
         }
-        self.made = [
+        self.made: list[list[tuple[str, ...]]] = [  # what each item creates
             list(definitions(item.node, signatures=signatures)) if item.scope != "function" else []
             for item in self.items
         ]

@@ -18,8 +18,8 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from runner.discover import DIRECTIVE, MIGRATION_NAME, Migration, Statement, batch_target, leading_block, parse
 from runner.errors import Problem, ValidationError
@@ -56,8 +56,7 @@ STRUCTURE_HINTS = {
 }
 
 
-@dataclass(frozen=True)
-class Finding:
+class Finding(NamedTuple):
     """One rule broken at one place, with the fix that is true for this runner."""
 
     rule: str
@@ -67,27 +66,17 @@ class Finding:
     message: str
     hint: str
 
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "rule": self.rule,
-            "severity": self.severity,
-            "file": self.file,
-            "line": self.line,
-            "message": self.message,
-            "hint": self.hint,
-        }
-
     def __str__(self) -> str:
         return f"{self.file}:{self.line}: {self.severity} {self.rule}: {self.message} (hint: {self.hint})"
 
 
-@dataclass
 class Linter:
     """Lints files one by one; column types carry over between NNN_name.sql files of one directory."""
 
-    severities: dict[str, str]
-    columns: dict[Path, checks.Columns] = field(default_factory=dict)
-    findings: list[Finding] = field(default_factory=list)
+    def __init__(self, severities: dict[str, str]) -> None:
+        self.severities = severities
+        self.columns: dict[Path, checks.Columns] = {}
+        self.findings: list[Finding] = []
 
     def lint(self, path: Path, shown: str | None = None) -> list[Finding]:
         """Every finding for the file at ``path``, shown as ``shown`` (default: the path as given)."""

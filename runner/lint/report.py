@@ -41,7 +41,7 @@ def render(findings: Sequence[Finding], files: int, fmt: str) -> str:
 
 
 def json_object(finding: Finding) -> str:
-    """One finding as ``json.dumps([finding.as_dict()], indent=2)`` lays it out, byte for byte.
+    """One finding as ``json.dumps([finding._asdict()], indent=2)`` lays it out, byte for byte.
 
     ``indent`` makes ``json`` encode in Python, a value at a time; here each string goes
     through the C escaper ``json.dumps`` uses and the layout is written directly (several

@@ -16,7 +16,7 @@ Invariants:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 TOP_DO = frozenset({"top", "do"})
 EVERYWHERE = frozenset({"top", "do", "function"})
@@ -24,8 +24,7 @@ SEVERITIES = ("error", "warning", "off")
 OWN_FILE = "CONCURRENTLY makes the whole file run outside a transaction: give it a file of its own"
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(NamedTuple):
     """One rule: what it finds, how bad by default, how to fix it, and its squawk names."""
 
     id: str

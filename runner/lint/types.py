@@ -13,7 +13,6 @@ Invariants:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 # Type names as the parser writes them, to PostgreSQL's internal ones.
@@ -76,8 +75,7 @@ def of(type_name: dict[str, Any]) -> Type:
     return Type(SYNONYMS.get(name, name), mods, len(type_name.get("arrayBounds", ())))
 
 
-@dataclass(frozen=True)
-class Change:
+class Change(NamedTuple):
     """What ``ALTER COLUMN ... TYPE`` does to the table: ``rewrites`` is None when unknowable."""
 
     rewrites: bool | None
