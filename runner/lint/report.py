@@ -34,24 +34,35 @@ def render(findings: Sequence[Finding], files: int, fmt: str) -> str:
     if fmt == "github":
         return "\n".join(github(f) for f in findings)
     if fmt == "json":
-        return "[\n" + ",\n".join(map(json_object, findings)) + "\n]" if findings else "[]"
+        return json_array(findings)
     import json  # noqa: PLC0415 - only sarif needs it
 
     return json.dumps(sarif(findings), indent=2)
 
 
-def json_object(finding: Finding) -> str:
-    """One finding as ``json.dumps([finding._asdict()], indent=2)`` lays it out, byte for byte.
+def json_array(findings: Sequence[Finding]) -> str:
+    """The findings as ``json.dumps([f._asdict() for f in findings], indent=2)`` lays them out, byte for byte.
 
     ``indent`` makes ``json`` encode in Python, a value at a time; here each string goes
     through the C escaper ``json.dumps`` uses and the layout is written directly (several
-    times faster on thousands of findings).
+    times faster on thousands of findings). Rules, severities, files and hints repeat from
+    finding to finding: each is escaped once.
     """
-    return (
-        f'  {{\n    "rule": {quoted(finding.rule)},\n    "severity": {quoted(finding.severity)},\n'
-        f'    "file": {quoted(finding.file)},\n    "line": {finding.line},\n'
-        f'    "message": {quoted(finding.message)},\n    "hint": {quoted(finding.hint)}\n  }}'
-    )
+    escaped: dict[str, str] = {}
+
+    def once(text: str) -> str:
+        value = escaped.get(text)
+        if value is None:
+            value = escaped[text] = quoted(text)
+        return value
+
+    objects = [
+        f'  {{\n    "rule": {once(f.rule)},\n    "severity": {once(f.severity)},\n'
+        f'    "file": {once(f.file)},\n    "line": {f.line},\n'
+        f'    "message": {quoted(f.message)},\n    "hint": {once(f.hint)}\n  }}'
+        for f in findings
+    ]
+    return "[\n" + ",\n".join(objects) + "\n]" if objects else "[]"
 
 
 def github(finding: Finding) -> str:
