@@ -113,7 +113,10 @@ def test_server_restart_mid_run() -> None:
         db = Database(cluster, "postgres", Path(directory))
         write_counted(db, 30, sleep_s=0.1)
         proc = db.popen("migrate", "--connect-timeout", "1s")
-        time.sleep(1.2)
+        deadline = time.monotonic() + 60
+        while db.query("SELECT count(*) FROM side") == [(0,)]:  # restart after the first commit, however slow start-up
+            assert time.monotonic() < deadline, "no migration committed"
+            time.sleep(0.05)
         restarted_at = time.monotonic()
         cluster.restart("fast")
         _, out = proc.communicate(timeout=30)

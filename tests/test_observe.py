@@ -93,7 +93,16 @@ def test_events_of_a_lock_wait(db: Database) -> None:
     with db.connect(application_name="deploy-in-progress") as holder:
         holder.execute("SELECT pg_advisory_lock(%s)", [derive_key(db.name, "migration_history")])
         proc = db.popen("migrate")
-        time.sleep(1.5)
+        polling = (
+            "SELECT count(*) FROM pg_catalog.pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_catalog.pg_backend_pid() AND query LIKE '%%pg_try_advisory_lock%%'"
+        )
+        deadline = time.monotonic() + 60
+        while not holder.execute(polling, [db.name]).fetchone()[0]:
+            assert time.monotonic() < deadline, "the runner never polled for the lock"
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        time.sleep(1.0)  # the runner has been waiting at least this long when the lock is released
     _, out = proc.communicate(timeout=30)
     events = parse_events(out)
     waiting = [e for e in events if e["event"] == "lock_waiting"]
