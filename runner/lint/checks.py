@@ -246,9 +246,9 @@ class FileChecks:
         self.columns = columns
         self.items = items
         self.raw: list[Raw] = []
-        self.defined: set[tuple[str, ...]] = set()  # what the file creates
+        self.defined: set[tuple[Any, ...]] = set()  # what the file creates
         self.not_valid: dict[str, set[str]] = {}  # transaction owner -> constraint names
-        self.earlier: set[tuple[str, ...]] = set()  # what the statements so far created
+        self.earlier: set[tuple[Any, ...]] = set()  # what the statements so far created
         self.utc = False  # the session time zone is UTC
         # A function's argument types matter only to a DROP FUNCTION (ROUTINE, ...) of its name in this file.
         signatures = {
@@ -257,7 +257,7 @@ class FileChecks:
             if kind(item.node) == "DropStmt" and body(item.node).get("removeType") in FUNCTION_DROPS
             for target in body(item.node).get("objects", ())
         }
-        self.made: list[list[tuple[str, ...]]] = [  # what each item creates
+        self.made: list[list[tuple[Any, ...]]] = [  # what each item creates
             list(definitions(item.node, signatures=signatures)) if item.scope != "function" else []
             for item in self.items
         ]
@@ -274,7 +274,7 @@ class FileChecks:
         return ("table", table) in self.defined or ("table", table, item.owner) in self.defined
 
     def run(self) -> list[Raw]:
-        function_tables: set[tuple[str, ...]] = set()
+        function_tables: set[tuple[Any, ...]] = set()
         for item in self.items:
             if item.scope == "function":
                 table = created_tables(item.node)
