@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
 import json
 import os
 import subprocess
@@ -648,3 +650,25 @@ def test_a_body_opening_on_the_line_after_as_counts_its_lines_from_there(tmp_pat
     )
     expected = 5 if filler else 4
     assert [line for rule, line, _ in findings(tmp_path, sql, "a.sql") if rule == "index-not-concurrent"] == [expected]
+
+
+@pytest.mark.skipif(
+    not os.environ.get("RUNNER_TEST_COMPILED"), reason="RUNNER_TEST_COMPILED not set (bash .ci/dev test sets it)"
+)
+def test_the_mypyc_build_is_the_one_under_test() -> None:
+    """Under RUNNER_TEST_COMPILED, every module setup.py compiles is an extension module, here and in a subprocess."""
+    tree = ast.parse((REPO / "setup.py").read_text())
+    (listed,) = [
+        ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) and node.targets[0].id == "COMPILED"
+    ]
+    modules = [path.removesuffix(".py").replace("/", ".") for path in listed]
+    assert "runner.lint.checks" in modules
+    shown = "import importlib, sys; print(*(importlib.import_module(m).__file__ for m in sys.argv[1:]))"
+    here = [importlib.import_module(module).__file__ for module in modules]
+    there = subprocess.run(
+        [sys.executable, "-c", shown, *modules], capture_output=True, text=True, check=True, cwd="/"
+    ).stdout.split()
+    for where in (here, there):
+        assert all(str(path).endswith(".so") for path in where), where
