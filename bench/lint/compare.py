@@ -5,13 +5,15 @@ Method (also written into the results):
 - squawk runs as ``squawk --reporter json --assume-in-transaction FILES...`` (every project of
   the corpus runs a file as one transaction, as this runner does); ours as ``migration-runner
   lint --select ALL --format json FILES...``, installed from this checkout as users install it
-  (``.cache/bench-runner``, not editable). Both in one process over the whole corpus.
+  (``.cache/bench-runner``, not editable), and the same checkout built with mypyc
+  (``MIGRATION_RUNNER_MYPYC=1``, ``.cache/bench-runner-mypyc``; its report must equal the
+  other's byte for byte). Each in one process over the whole corpus.
 - Findings are compared per statement: a squawk violation belongs to the top-level statement
   whose lines hold it (our parser gives the statements); ours to the statement whose first
   line it reports (PL/pgSQL findings to the DO block or function around them).
 - Per squawk rule family (squawk's rule and the rules of ours that cover it): statements
   flagged by both, only by squawk, only by us.
-- Timing: wall time of the whole process, repetitions interleaved (squawk, ours, squawk, ...),
+- Timing: wall time of the whole process, repetitions interleaved (squawk, ours, compiled, ...),
   median reported, and CPU time (squawk lints on two threads; ours forks two workers from 200
   files on); the single-file figure is the median over ``--reps`` runs of each tool on
   the bundled ``migrations/001_initial_schema.sql``.
@@ -25,6 +27,8 @@ import argparse
 import bisect
 import collections
 import datetime as dt
+import hashlib
+import importlib.metadata
 import json
 import os
 import re
@@ -139,6 +143,33 @@ def created_in_file(path: Path, line: int) -> bool:
 CPU: dict[str, list[float]] = collections.defaultdict(list)
 
 
+def compiled(name: str, source: Path) -> Path:
+    """A virtual environment under .cache with ``source`` installed as ``setup.py`` compiles it (mypyc); its bin dir.
+
+    Built with the mypy of this interpreter's environment, and built again only when a file of
+    the package (``runner/``, ``setup.py``, ``pyproject.toml``) changed: a build takes a minute.
+    """
+    from bench.__main__ import CACHE, venv  # noqa: PLC0415 - loads psycopg: only the timing needs it
+
+    parts = sorted([*(source / "runner").rglob("*.py"), source / "setup.py", source / "pyproject.toml"])
+    digest = hashlib.sha256(b"".join(p.relative_to(source).as_posix().encode() + p.read_bytes() for p in parts))
+    stamp = CACHE / name / "source.sha256"
+    if stamp.exists() and stamp.read_text() == digest.hexdigest():
+        return CACHE / name / "bin"
+    stamp.unlink(missing_ok=True)
+    # the pure build first: mypyc type-checks against the runtime dependencies it brings; setuptools
+    # 70.1 builds wheels without the wheel package
+    tools = venv(name, "setuptools>=70.1", f"mypy=={importlib.metadata.version('mypy')}", str(source))
+    pip = [str(tools / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.run(
+        [*pip, "--no-build-isolation", "--no-deps", "--force-reinstall", str(source)],
+        env={**os.environ, "MIGRATION_RUNNER_MYPYC": "1"},
+        check=True,
+    )
+    stamp.write_text(digest.hexdigest())
+    return tools
+
+
 def timed(command: list[str], tool: str = "") -> tuple[float, subprocess.CompletedProcess[str]]:
     """Wall time of one run; its CPU time (user + system, all threads) goes to ``CPU[tool]``."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -166,25 +197,41 @@ def key(starts: list[int], line: int) -> int:
     return starts[index] if index >= 0 else line
 
 
+def timing(
+    names: list[str], reps: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, subprocess.CompletedProcess[str]]]:
+    """Wall times of squawk and both builds of ours, interleaved: corpus runs, one-file runs, last corpus run each."""
+    squawk = [str(BIN / "squawk"), "--reporter", "json", "--assume-in-transaction"]
+    from bench.__main__ import venv  # noqa: PLC0415 - loads psycopg: only the timing needs it, not bench.lint.inprocess
+
+    lint = ["lint", "--select", "ALL", "--format", "json"]
+    tools = {
+        "squawk": squawk,
+        "ours": [str(venv("bench-runner", str(REPO)) / "migration-runner"), *lint],
+        "compiled": [str(compiled("bench-runner-mypyc", REPO) / "migration-runner"), *lint],
+    }
+    walls: dict[str, list[float]] = collections.defaultdict(list)
+    single: dict[str, list[float]] = collections.defaultdict(list)
+    runs: dict[str, subprocess.CompletedProcess[str]] = {}
+    for _ in range(reps):
+        for tool, argv in tools.items():
+            wall, runs[tool] = timed([*argv, *names], tool)
+            walls[tool].append(wall)
+        for tool, argv in tools.items():
+            single[tool].append(timed([*argv, str(SINGLE)])[0])
+    if runs["compiled"].stdout != runs["ours"].stdout:
+        sys.exit("the compiled build's report differs from the pure-Python build's")
+    return walls, single, runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5)
     args = parser.parse_args()
     corpus = files()
     names = [str(p.relative_to(REPO)) for p in corpus]
-    squawk = [str(BIN / "squawk"), "--reporter", "json", "--assume-in-transaction"]
-    from bench.__main__ import venv  # noqa: PLC0415 - loads psycopg: only the timing needs it, not bench.lint.inprocess
-
-    runner = [str(venv("bench-runner", str(REPO)) / "migration-runner"), "lint", "--select", "ALL", "--format", "json"]
-    walls: dict[str, list[float]] = collections.defaultdict(list)
-    single: dict[str, list[float]] = collections.defaultdict(list)
-    for _ in range(args.reps):
-        wall, squawk_run = timed([*squawk, *names], "squawk")
-        walls["squawk"].append(wall)
-        wall, our_run = timed([*runner, *names], "ours")
-        walls["ours"].append(wall)
-        single["squawk"].append(timed([*squawk, str(SINGLE)])[0])
-        single["ours"].append(timed([*runner, str(SINGLE)])[0])
+    walls, single, runs = timing(names, args.reps)
+    squawk_run, our_run = runs["squawk"], runs["ours"]
     their = json.loads(squawk_run.stdout)
     our = json.loads(our_run.stdout)
     crashes = []
@@ -237,6 +284,14 @@ def main() -> None:
     write(corpus, rows, disagreements, walls, single, crashes, squawk_crash, inside, our)
 
 
+def row(label: str, values: dict[str, float], unit: str) -> str:
+    """A timing table row: squawk's figure, then each build of ours with its ratio to squawk's."""
+    cells = [unit.format(values["squawk"])]
+    for tool in ("ours", "compiled"):
+        cells += [unit.format(values[tool]), f"{values[tool] / values['squawk']:.2f}x"]
+    return f"| {label} | {' | '.join(cells)} |"
+
+
 def write(
     corpus: list[Path],
     rows: list[tuple[str, str, int, int, int, int, str, str]],
@@ -262,30 +317,23 @@ def write(
         "",
         "## Timing (median of the runs, and the best run: the machine is shared)",
         "",
-        "| | squawk | ours | ratio |",
-        "|---|---|---|---|",
-        (
-            f"| corpus, wall, best run | {min(walls['squawk']):.3f} s | {min(walls['ours']):.3f} s | "
-            f"{min(walls['ours']) / min(walls['squawk']):.2f}x |"
-        ),
-        (
-            f"| one file, wall, best run | {min(single['squawk']) * 1000:.0f} ms | {min(single['ours']) * 1000:.0f} ms | "
-            f"{min(single['ours']) / min(single['squawk']):.1f}x |"
-        ),
-        f"| corpus, wall, median | {median['squawk']:.3f} s | {median['ours']:.3f} s | {median['ours'] / median['squawk']:.2f}x |",
-        (
-            f"| corpus, CPU (user+system, all threads) | {statistics.median(CPU['squawk']):.3f} s | "
-            f"{statistics.median(CPU['ours']):.3f} s | {statistics.median(CPU['ours']) / statistics.median(CPU['squawk']):.2f}x |"
-        ),
-        (
-            f"| one file ({SINGLE.name}) | {one['squawk'] * 1000:.0f} ms | {one['ours'] * 1000:.0f} ms | "
-            f"{one['ours'] / one['squawk']:.1f}x |"
-        ),
+        "`ours`: pip's ordinary (pure-Python) build; `compiled`: the same source built with",
+        "`MIGRATION_RUNNER_MYPYC=1` (setup.py: lint's modules compiled by mypyc). Both reports are",
+        "checked byte for byte equal.",
         "",
-        "All corpus runs (s): squawk "
-        + ", ".join(f"{w:.3f}" for w in walls["squawk"])
-        + "; ours "
-        + ", ".join(f"{w:.3f}" for w in walls["ours"]),
+        "| | squawk | ours | ratio | compiled | ratio |",
+        "|---|---|---|---|---|---|",
+        row("corpus, wall, best run", {tool: min(values) for tool, values in walls.items()}, "{:.3f} s"),
+        row("one file, wall, best run", {tool: min(values) * 1000 for tool, values in single.items()}, "{:.0f} ms"),
+        row("corpus, wall, median", median, "{:.3f} s"),
+        row(
+            "corpus, CPU (user+system, all threads)",
+            {tool: statistics.median(values) for tool, values in CPU.items()},
+            "{:.3f} s",
+        ),
+        row(f"one file ({SINGLE.name})", {tool: value * 1000 for tool, value in one.items()}, "{:.0f} ms"),
+        "",
+        *[f"All corpus runs, {tool} (s): " + ", ".join(f"{w:.3f}" for w in values) for tool, values in walls.items()],
         "",
         f"## Crashes: ours {len(crashes)}, squawk {'0' if not squawk_crash else 'yes'}",
         "",
