@@ -199,6 +199,10 @@ BEGIN
     IF EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = 'trades_unified'::regclass AND contype = 'p') THEN
         RETURN;
     END IF;
+    -- The parent first, then (by recursion) its partitions: the order every writer locks them in.
+    -- Locking the partition first deadlocks with a writer that holds the parent and waits for
+    -- the partition, and lock_timeout ends it (55P03) before the deadlock detector would.
+    LOCK TABLE trades_unified IN ACCESS EXCLUSIVE MODE;
     ALTER TABLE trades_unified_legacy
         DROP CONSTRAINT IF EXISTS trades_unified_pkey,
         DROP CONSTRAINT IF EXISTS trades_unified_signature_key,
