@@ -12,7 +12,7 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,14 @@ class Result:
     def one(self, event: str) -> dict[str, Any]:
         (found,) = self.named(event)
         return found
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 30, *, what: str = "the condition") -> None:
+    """Poll ``condition`` every 10 ms until it is true; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {what}"
+        time.sleep(0.01)
 
 
 def parse_events(text: str) -> list[dict[str, Any]]:

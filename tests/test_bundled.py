@@ -6,14 +6,13 @@ import datetime as dt
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from bench import sample_data
 from runner.catalog import difference, fingerprint
 from runner.discover import analyse, discover
-from tests.conftest import Database
+from tests.conftest import Database, wait_for
 
 BUNDLED = Path(__file__).resolve().parent.parent / "migrations"
 ROW_DIGEST = "SELECT count(*), md5(string_agg(t::text, '|' ORDER BY id)) FROM {} t"
@@ -220,13 +219,6 @@ def monitor_writer(db: Database, stop: threading.Event, landed: list[str], error
         errors.append(exc)
 
 
-def wait_for(condition: Any, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 def test_conversion_keeps_a_concurrent_writer_going(db: Database) -> None:
     """A writer inserting, updating and reading all through 004 never fails, writes before and after the swap,
     and every row it wrote is in the partitioned table."""
@@ -237,10 +229,10 @@ def test_conversion_keeps_a_concurrent_writer_going(db: Database) -> None:
     writer = threading.Thread(target=monitor_writer, args=(db, stop, landed, errors))
     writer.start()
     try:
-        wait_for(lambda: len(landed) >= 20 or errors)
+        wait_for(lambda: len(landed) >= 20 or errors, what="the writer's first 20 inserts")
         run_bundled(db, "--target", "4")
         written = len(landed)
-        wait_for(lambda: len(landed) >= written + 20 or errors)
+        wait_for(lambda: len(landed) >= written + 20 or errors, what="20 inserts after 004")
     finally:
         stop.set()
         writer.join(30)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from runner.lock import derive_key
-from tests.conftest import PG_MAJOR, Database, parse_events
+from tests.conftest import PG_MAJOR, Database, parse_events, wait_for
 from tests.pgcluster import running
 
 SIDE = "CREATE TABLE IF NOT EXISTS side (version text)"
@@ -33,6 +33,11 @@ def write_counted(db: Database, count: int, sleep_s: float = 0.0) -> None:
             f"{i:03d}_m.sql",
             f"CREATE TABLE IF NOT EXISTS t_{i:03d} (id int);\nINSERT INTO side VALUES ('{i:03d}');\n{pause}",
         )
+
+
+def wait_first_commit(db: Database) -> None:
+    """Until a migration of ``write_counted``'s has committed (its row in side is visible)."""
+    wait_for(lambda: db.query("SELECT count(*) FROM side") != [(0,)], 60, what="the first migration to commit")
 
 
 def settle(db: Database, seconds: float = 15) -> None:
@@ -99,10 +104,7 @@ def test_sigkill_at_random_moments(db: Database) -> None:
             db.query(f'DROP TABLE "{name}"')
         proc = db.popen("migrate")
         if trial % 2:
-            deadline = time.monotonic() + 60
-            while db.query("SELECT count(*) FROM side") == [(0,)]:
-                assert time.monotonic() < deadline, "no migration committed"
-                time.sleep(0.01)
+            wait_first_commit(db)
             time.sleep(rng.uniform(0, 0.8))
         else:
             time.sleep(rng.uniform(0.1, 1.5))
@@ -124,10 +126,7 @@ def test_server_restart_mid_run() -> None:
         db = Database(cluster, "postgres", Path(directory))
         write_counted(db, 30, sleep_s=0.1)
         proc = db.popen("migrate", "--connect-timeout", "1s")
-        deadline = time.monotonic() + 60
-        while db.query("SELECT count(*) FROM side") == [(0,)]:  # restart after the first commit, however slow start-up
-            assert time.monotonic() < deadline, "no migration committed"
-            time.sleep(0.05)
+        wait_first_commit(db)  # restart after the first commit, however slow start-up
         restarted_at = time.monotonic()
         cluster.restart("fast")
         _, out = proc.communicate(timeout=30)

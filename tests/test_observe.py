@@ -15,7 +15,7 @@ from runner import __version__
 from runner.config import redact
 from runner.lock import derive_key
 from runner.observe import scrubber
-from tests.conftest import Database, parse_events
+from tests.conftest import Database, parse_events, wait_for
 from tests.pgcluster import free_port
 from tests.services import FLEET_RULES, RULES, alerts, binary, http_get, prometheus, pushgateway, scrape
 
@@ -97,11 +97,12 @@ def test_events_of_a_lock_wait(db: Database) -> None:
             "SELECT count(*) FROM pg_catalog.pg_stat_activity"
             " WHERE datname = %s AND pid <> pg_catalog.pg_backend_pid() AND query LIKE '%%pg_try_advisory_lock%%'"
         )
-        deadline = time.monotonic() + 60
-        while not holder.execute(polling, [db.name]).fetchone()[0]:
-            assert time.monotonic() < deadline, "the runner never polled for the lock"
+
+        def polled() -> object:
             assert proc.poll() is None, proc.communicate()
-            time.sleep(0.05)
+            return holder.execute(polling, [db.name]).fetchone()[0]
+
+        wait_for(polled, 60, what="the runner to poll for the lock")
         time.sleep(1.0)  # the runner has been waiting at least this long when the lock is released
     _, out = proc.communicate(timeout=30)
     events = parse_events(out)
